@@ -1,0 +1,69 @@
+"""Thin Dagster wrappers: one multi-asset per app, one asset per dlt resource (`raw_<app>/<table>`),
+partitioned per connection. The dlt sources hold the logic."""
+
+
+from collections.abc import Callable
+from pathlib import Path
+
+import dlt
+from dagster import AssetExecutionContext, AssetKey, AssetSpec, AssetsDefinition
+from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
+from dagster_dlt.translator import DltResourceTranslatorData
+
+from assets.extract.quickbooks import quickbooks_source
+from assets.extract.sequence import sequence_source
+from assets.partitions import CONNECTION_PARTITIONS
+from assets.resources import Ledgerlink
+
+WAREHOUSE_POOL = "warehouse"  # DuckDB has one writer per file: every warehouse writer takes this pool (limit 1)
+
+
+class RawTranslator(DagsterDltTranslator):
+    def __init__(self, app: str):
+        self.app = app
+
+    def get_asset_spec(self, data: DltResourceTranslatorData) -> AssetSpec:
+        spec = super().get_asset_spec(data)
+        table = str(data.resource.table_name)
+        return spec.replace_attributes(
+            key=AssetKey([f"raw_{self.app}", table.replace("-", "_")]),
+            deps=[],
+            group_name="extract",
+            description=f"{self.app} `{table}` as the app returns it, one row per record and tenant "
+                        f"(DuckDB raw_{self.app}.{table}).",
+            kinds={"dlt", "duckdb"},
+        )
+
+
+def _template_pipeline(app: str) -> dlt.Pipeline:
+    # Only describes the destination to dagster-dlt; each run uses its connection's own pipeline.
+    return dlt.pipeline(pipeline_name=f"{app}__template", destination="duckdb", dataset_name=f"raw_{app}",
+                        pipelines_dir=str(Path("data/state/dlt-template")))
+
+
+def _raw_assets(app: str, source: Callable) -> AssetsDefinition:
+    @dlt_assets(
+        dlt_source=source(),
+        dlt_pipeline=_template_pipeline(app),
+        name=f"raw_{app}",
+        partitions_def=CONNECTION_PARTITIONS[app],
+        dagster_dlt_translator=RawTranslator(app),
+        pool=WAREHOUSE_POOL,
+    )
+    def _extract(context: AssetExecutionContext, dlt: DagsterDltResource, ledgerlink: Ledgerlink):
+        connection = ledgerlink.registry().get(context.partition_key)
+        if connection.app != app:
+            raise ValueError(f"partition {context.partition_key} is not a {app} connection")
+        context.log.info(f"extracting {connection.key} from {connection.base_url}")
+        with ledgerlink.client(connection) as client:
+            yield from dlt.run(
+                context=context,
+                dlt_source=source(client, connection.tenant, progress=context.log.info),
+                dlt_pipeline=ledgerlink.pipeline(connection),
+            )
+
+    return _extract
+
+
+raw_sequence = _raw_assets("sequence", sequence_source)
+raw_quickbooks = _raw_assets("quickbooks", quickbooks_source)

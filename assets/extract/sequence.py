@@ -1,0 +1,173 @@
+"""Sequence -> raw_sequence: a dlt source over SequenceClient.
+
+Sequence has no "changed since" filter, so every run sweeps the lists; only what changed is loaded:
+invoices and credit notes by `updatedAt` (their lines, groups and payment settings are re-read only for
+those), customers and tax categories (no `updatedAt`) by a fingerprint of the record kept in dlt state.
+Deletes come only from Sequence's own signals: `VOIDED` status and `archivedAt` arrive as ordinary updates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import dlt
+import orjson
+
+from assets.extract.flatten import RecordRules, TableShape, column_name, frame_to_tables, records_frame
+from assets.extract.loading import CURRENCIES, Progress, emit, log, resource_hints
+from connectors.sequence import SequenceClient
+
+APP = "sequence"
+CURSOR_OVERLAP = timedelta(minutes=5)
+DETAIL_WORKERS = 4
+
+_MONEY = ("netTotal", "totalTax", "grossTotal")
+_LINE_RULES = RecordRules(required=("id",), numeric=("quantity", "rate", "taxRate", *_MONEY))
+
+
+@dataclass(frozen=True)
+class Collection:
+    shape: TableShape
+    changed_by: str  # "updatedAt" (the app's own timestamp) or "fingerprint" (the record has none)
+
+
+COLLECTIONS: dict[str, Collection] = {
+    "customers": Collection(TableShape("customers", children=("contacts", "integrationIds"),
+                                       rules=RecordRules(required=("id", "legalName"))), "fingerprint"),
+    "invoices": Collection(TableShape("invoices", rules=RecordRules(
+        required=("id", "customerId", "currency", "status"), numeric=(*_MONEY, "balance"), currency=("currency",),
+        dates=("dueDate", "issueDate", "accountingDate"))), "updatedAt"),
+    "credit-notes": Collection(TableShape("credit_notes", rules=RecordRules(
+        required=("id", "customerId", "currency", "status"), numeric=_MONEY, currency=("currency",))), "updatedAt"),
+    "products": Collection(TableShape("products", rules=RecordRules(required=("id", "name"))), "updatedAt"),
+    "tax-categories": Collection(TableShape("tax_categories", rules=RecordRules(required=("id",))), "fingerprint"),
+}
+# Read per parent document, only for documents that changed; each row carries its document's id natively.
+DETAILS: dict[str, tuple[str, str, TableShape]] = {
+    # name: (parent collection, parent id field in the row, shape)
+    "line-items": ("invoices", "invoiceId", TableShape("line_items", rules=_LINE_RULES)),
+    "line-item-groups": ("invoices", "invoiceId", TableShape("line_item_groups", rules=RecordRules(
+        required=("id",), numeric=_MONEY))),
+    "invoice-payment-settings": ("invoices", "invoiceId", TableShape("invoice_payment_settings",
+                                                                      rules=RecordRules(required=("id",)))),
+    "credit-note-line-items": ("credit-notes", "creditNoteId", TableShape("credit_note_line_items", rules=_LINE_RULES)),
+    "credit-note-line-item-groups": ("credit-notes", "creditNoteId", TableShape(
+        "credit_note_line_item_groups", rules=RecordRules(required=("id",), numeric=_MONEY))),
+}
+
+
+def _fingerprint(record: dict) -> str:
+    return hashlib.blake2b(orjson.dumps(record, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+
+
+def _changed(pages: Iterable[list[dict]], collection: Collection, state: dict) -> Iterator[list[dict]]:
+    """Keeps the records that changed since the last run, by updatedAt or by fingerprint."""
+    if collection.changed_by == "updatedAt":
+        since = state.get("updated_since")
+        for page in pages:
+            yield page if since is None else [r for r in page if str(r.get("updatedAt") or "") >= since]
+        return
+    seen: dict[str, str] = state.setdefault("fingerprints", {})
+    for page in pages:
+        fresh = []
+        for record in page:
+            key, print_ = str(record.get("id")), _fingerprint(record)
+            if seen.get(key) != print_:
+                fresh.append(record)
+                seen[key] = print_
+        yield fresh
+
+
+class SequenceReader:
+    """Sweeps one Sequence account, remembering which documents changed so their details can be read."""
+
+    def __init__(self, client: SequenceClient | None, tenant: str, progress: Progress):
+        self.client = client
+        self.tenant = tenant
+        self.progress = progress
+        self.changed_ids: dict[str, list[str]] = {"invoices": [], "credit-notes": []}
+
+    def _pages(self, name: str) -> Iterable[list[dict]]:
+        client = self.client
+        return {
+            "customers": client.iter_customers,
+            "invoices": client.iter_invoices,
+            "credit-notes": client.iter_credit_notes,
+            "products": client.iter_products,
+            "tax-categories": client.iter_tax_categories,
+        }[name]()
+
+    def collection(self, name: str) -> Iterator:
+        if self.client is None:
+            return
+        spec = COLLECTIONS[name]
+        state = dlt.current.resource_state()
+        started = datetime.now(UTC)
+        rows = 0
+        for records in _changed(self._pages(name), spec, state):
+            if not records:
+                continue
+            if name in self.changed_ids:
+                self.changed_ids[name].extend(str(r["id"]) for r in records if r.get("id"))
+            page = frame_to_tables(records_frame(records), spec.shape, self.tenant, CURRENCIES)
+            yield from emit(page, spec.shape, app=APP, tenant=self.tenant, collection=name)
+            rows += page.rows
+        if spec.changed_by == "updatedAt":
+            state["updated_since"] = (started - CURSOR_OVERLAP).strftime("%Y-%m-%dT%H:%M:%S")
+        self.progress(f"{APP} {self.tenant} {name}: {rows} changed rows")
+
+    def details(self, name: str) -> Iterator:
+        if self.client is None:
+            return
+        parent, _, shape = DETAILS[name]
+        ids = self.changed_ids[parent]
+        read = self._detail_reader(name)
+        rows = 0
+        with ThreadPoolExecutor(max_workers=DETAIL_WORKERS, thread_name_prefix=f"sequence-{name}") as pool:
+            for start in range(0, len(ids), 100):
+                chunk = ids[start:start + 100]
+                records = [r for batch in pool.map(read, chunk) for r in batch]
+                if records:
+                    page = frame_to_tables(records_frame(records), shape, self.tenant, CURRENCIES)
+                    yield from emit(page, shape, app=APP, tenant=self.tenant, collection=name)
+                    rows += page.rows
+        self.progress(f"{APP} {self.tenant} {name}: {rows} rows for {len(ids)} changed {parent}")
+
+    def _detail_reader(self, name: str) -> Callable[[str], list[dict]]:
+        client = self.client
+
+        def payment_settings(invoice_id: str) -> list[dict]:
+            found = client.get_invoice_payment_settings(invoice_id)
+            return [found] if found else []
+
+        return {
+            "line-items": client.list_invoice_lines,
+            "line-item-groups": client.list_invoice_groups,
+            "invoice-payment-settings": payment_settings,
+            "credit-note-line-items": client.list_credit_note_lines,
+            "credit-note-line-item-groups": client.list_credit_note_groups,
+        }[name]
+
+
+def _detail_hints(shape: TableShape, parent_field: str) -> dict:
+    """A changed document's details replace its earlier ones whole (a removed line disappears too)."""
+    hints = resource_hints(shape)
+    hints["merge_key"] = ["tenant", parent_field]
+    return hints
+
+
+@dlt.source(name=APP, max_table_nesting=0)
+def sequence_source(client: SequenceClient | None = None, tenant: str = "", progress: Progress | None = None):
+    """One connection's Sequence account. Called without a client it only describes the resources."""
+    reader = SequenceReader(client, tenant, progress or (lambda message: log.info(message)))
+    for name, spec in COLLECTIONS.items():
+        yield dlt.resource(reader.collection(name), name=name, table_name=spec.shape.table,
+                           **resource_hints(spec.shape))
+    # Details read the ids their parents found: make_pipeline sets dlt to evaluate resources in order (fifo).
+    for name, (_, parent_field, shape) in DETAILS.items():
+        yield dlt.resource(reader.details(name), name=name, table_name=shape.table,
+                           **_detail_hints(shape, column_name(parent_field)))

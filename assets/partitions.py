@@ -1,0 +1,10 @@
+"""One Dagster partition per connection, `<tenant>.<app>`, one partition set per app; kept in step with
+connections.yaml by the registry sensor (pipelines/sensors.py) and by `ledgerlink demo`."""
+
+from dagster import DynamicPartitionsDefinition
+
+APPS = ("sequence", "quickbooks")
+
+CONNECTION_PARTITIONS: dict[str, DynamicPartitionsDefinition] = {
+    app: DynamicPartitionsDefinition(name=f"{app}_connections") for app in APPS
+}

@@ -1,0 +1,27 @@
+"""The credentials the sandbox hands out, derived from the tenant name so that the emulators and the
+connection registry agree without sharing any state. They are sandbox-only and public by design; real
+credentials live in environment variables named by connections.yaml and never pass through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+QUICKBOOKS_CLIENT_ID = "ledgerlink-sandbox-client"
+QUICKBOOKS_CLIENT_SECRET = "ledgerlink-sandbox-client-secret"
+
+
+def quickbooks_realm_id(tenant: str) -> str:
+    """A stable 16-digit realm id per tenant (QuickBooks realm ids are digit strings)."""
+    digest = int(hashlib.sha256(f"realm:{tenant}".encode()).hexdigest(), 16)
+    return str(9130000000000000 + digest % 10**15)
+
+
+def quickbooks_initial_refresh_token(tenant: str) -> str:
+    """The refresh token a freshly started QuickBooks emulator accepts for a tenant (as if just authorised)."""
+    return f"sandbox-refresh-{tenant}-0"
+
+
+def sequence_credentials(tenant: str) -> tuple[str, str]:
+    """HTTP Basic client id and secret of a tenant's Sequence account."""
+    return f"sandbox-{tenant}", f"sandbox-secret-{tenant}"
