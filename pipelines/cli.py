@@ -1,0 +1,136 @@
+"""`ledgerlink`: the command line. click because it is already in Dagster's dependency tree and gives
+grouped commands, typed options and --help for free."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from pipelines import runtime
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Ledgerlink keeps Sequence in agreement with its merchants' accounting systems and CRMs."""
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=runtime.FIXTURES, show_default=True)
+@click.option("--invoices", type=int, default=runtime.DEMO_INVOICES, show_default=True,
+              help="Sequence invoices across all tenants.")
+@click.option("--tenants", type=int, default=3, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--clean", is_flag=True, help="Plant no discrepancies (both sides agree).")
+def generate(out: Path, invoices: int, tenants: int, seed: int, clean: bool) -> None:
+    """Write a deterministic demo company set in the sandbox fixture layout."""
+    manifest = runtime.generate_fixtures(out, invoices=invoices, tenants=tenants, seed=seed, clean=clean)
+    click.echo(f"fixtures: {out} ({manifest['invoices']} invoices, tenants: {', '.join(manifest['tenants'])}, "
+               f"{len(manifest['discrepancies'])} planted discrepancies in manifest.json)")
+
+
+@main.command()
+@click.option("--fixtures", type=click.Path(path_type=Path), default=runtime.FIXTURES, show_default=True)
+@click.option("--registry", type=click.Path(path_type=Path), default=runtime.REGISTRY, show_default=True)
+@click.option("--rate-limits/--no-rate-limits", default=False, show_default=True,
+              help="Enforce each app's real rate limits.")
+@click.option("--port-base", type=int, default=8711, show_default=True)
+def sandbox(fixtures: Path, registry: Path, rate_limits: bool, port_base: int) -> None:
+    """Serve the emulators of every app in a fixture folder on 127.0.0.1 until interrupted."""
+    with runtime.open_sandbox(fixtures, registry, rate_limits=rate_limits, port_base=port_base) as box:
+        for app, url in box.urls.items():
+            click.echo(f"{app:<11} {url}")
+        click.echo(f"registry: {registry}\nsecrets (sandbox only) for your shell:")
+        for name, value in box.environment().items():
+            click.echo(f"  export {name}={value}")
+        click.echo("Ctrl-C stops the sandbox.")
+        _wait_for_interrupt()
+
+
+@main.command()
+@click.option("--invoices", type=int, default=runtime.DEMO_INVOICES, show_default=True)
+@click.option("--tenants", type=int, default=3, show_default=True)
+def demo(invoices: int, tenants: int) -> None:
+    """Fresh demo: generate data, start the sandbox, materialize every asset, say what the warehouse holds."""
+    started = time.perf_counter()
+    runtime.reset_demo_state()
+    manifest = runtime.generate_fixtures(runtime.FIXTURES, invoices=invoices, tenants=tenants, seed=7, clean=False)
+    click.echo(f"[demo] generated {manifest['invoices']} invoices for {', '.join(manifest['tenants'])} "
+               f"in {runtime.FIXTURES}")
+    with runtime.open_sandbox(runtime.FIXTURES, runtime.REGISTRY, port_base=0) as box:
+        click.echo("[demo] sandbox: " + ", ".join(f"{app} {url}" for app, url in box.urls.items()))
+        os.environ.update(box.environment())
+        results = runtime.materialize_all(echo=click.echo)
+    click.echo(runtime.describe_warehouse(runtime.warehouse_path()))
+    failed = [key for key, ok in results.items() if not ok]
+    click.echo(f"[demo] done in {time.perf_counter() - started:.1f} s. Warehouse: {runtime.warehouse_path()}  "
+               f"(try: ledgerlink sql \"select tenant, count(*) from raw_quickbooks.invoice group by 1\")")
+    click.echo(f"[demo] Dagster run history: {runtime.dagster_home()}  (make dev opens the UI)")
+    if failed:
+        raise click.ClickException(f"materialization failed for {', '.join(failed)}")
+
+
+@main.command()
+@click.option("--app", "apps", multiple=True, help="Only these apps (default: all).")
+@click.option("--partition", "partitions", multiple=True, help="Only these connections, e.g. acme-uk.quickbooks.")
+def materialize(apps: tuple[str, ...], partitions: tuple[str, ...]) -> None:
+    """Materialize the extraction assets of the registered connections, in-process."""
+    results = runtime.materialize_all(apps=apps or None, partitions=partitions or None, echo=click.echo)
+    if not all(results.values()):
+        raise click.ClickException("some partitions failed: " + ", ".join(k for k, ok in results.items() if not ok))
+
+
+@main.command()
+@click.option("--port", type=int, default=3000, show_default=True)
+@click.option("--invoices", type=int, default=runtime.DEMO_INVOICES, show_default=True)
+def dev(port: int, invoices: int) -> None:
+    """Open the Dagster UI on the sandbox (generates demo data if there is none)."""
+    if not (runtime.FIXTURES / "manifest.json").exists():
+        runtime.generate_fixtures(runtime.FIXTURES, invoices=invoices, tenants=3, seed=7, clean=False)
+    with runtime.open_sandbox(runtime.FIXTURES, runtime.REGISTRY, port_base=8711) as box:
+        env = {**os.environ, **box.environment(), **runtime.dagster_environment()}
+        runtime.sync_partitions()
+        # A new session, so the whole process tree stops on our signal (STACK.md: `dagster dev` ignores
+        # SIGINT/SIGTERM when started in the background of a script).
+        process = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-p", str(port)],
+                                   env=env, start_new_session=True)
+        click.echo(f"[dev] Dagster UI on http://127.0.0.1:{port}  sandbox: {box.urls}  (Ctrl-C stops both)")
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--warehouse", type=click.Path(path_type=Path), default=None, help="Default: $LEDGERLINK_WAREHOUSE or data/warehouse.duckdb.")
+def sql(query: str, fmt: str, warehouse: Path | None) -> None:
+    """Run ad-hoc SQL over the warehouse (read-only)."""
+    click.echo(runtime.run_sql(query, warehouse or runtime.warehouse_path(), fmt), nl=False)
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,182 @@
+"""What the CLI does, as plain functions (the tests call them too): paths, the sandbox with its registry,
+in-process materializations on a persistent Dagster instance, and read-only SQL."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import duckdb
+
+from assets.resources import DEFAULT_REGISTRY, DEFAULT_STATE_DIR, DEFAULT_WAREHOUSE
+from connectors.registry import dump_registry, load_registry
+
+DATA = Path("data")
+FIXTURES = DATA / "fixtures"
+REGISTRY = Path(DEFAULT_REGISTRY)
+DEMO_INVOICES = 300
+
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    # DuckDB allows one writing process per file: the `warehouse` pool admits one op at a time.
+    default_limit: 1
+"""
+
+
+def warehouse_path() -> Path:
+    return Path(os.environ.get("LEDGERLINK_WAREHOUSE") or DEFAULT_WAREHOUSE)
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("LEDGERLINK_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def dagster_home() -> Path:
+    home = Path(os.environ.get("DAGSTER_HOME") or (DATA / "dagster")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return home
+
+
+def dagster_environment() -> dict[str, str]:
+    return {"DAGSTER_HOME": str(dagster_home())}
+
+
+def generate_fixtures(out: Path, *, invoices: int, tenants: int, seed: int, clean: bool) -> dict:
+    from connectors.sandbox.demo_data import generate
+
+    if out.exists():
+        shutil.rmtree(out)
+    manifest = generate(out, invoices=invoices, seed=seed, tenants=tenants, discrepancies=not clean)
+    return manifest if isinstance(manifest, dict) else manifest.to_dict()
+
+
+def reset_demo_state() -> None:
+    """The demo starts from nothing: its warehouse, dlt state and tokens (the emulators start fresh too)."""
+    for path in (warehouse_path(), Path(str(warehouse_path()) + ".wal")):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(state_dir(), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def open_sandbox(fixtures: Path, registry: Path, *, rate_limits: bool = False, port_base: int = 0) -> Iterator:
+    from connectors.sandbox.launcher import DEFAULT_PORTS, start_sandbox
+
+    ports = {app: (port_base + i if port_base else 0) for i, app in enumerate(DEFAULT_PORTS)}
+    box = start_sandbox(fixtures, ports=ports, rate_limits=rate_limits)
+    try:
+        dump_registry(box.registry_document(), registry)
+        # Fresh emulators know only their initial refresh tokens: forget tokens rotated by an earlier sandbox.
+        forget_tokens(box.registry_document())
+        yield box
+    finally:
+        box.stop()
+
+
+def forget_tokens(registry_doc: dict) -> None:
+    from connectors.auth import TokenStore
+
+    store_path = state_dir() / "tokens.json"
+    if not store_path.exists():
+        return
+    store = TokenStore(store_path)
+    for tenant, body in registry_doc.get("tenants", {}).items():
+        for app in body.get("connections", {}):
+            store.delete(f"{tenant}.{app}")
+
+
+def sync_partitions(instance=None) -> dict[str, list[str]]:
+    """Adds the registry's connections as partitions (the sensor does the same inside `dagster dev`)."""
+    from dagster import DagsterInstance
+
+    from assets.partitions import CONNECTION_PARTITIONS
+
+    os.environ.update(dagster_environment())
+    instance = instance or DagsterInstance.get()
+    registry = load_registry(REGISTRY if not os.environ.get("LEDGERLINK_REGISTRY") else Path(os.environ["LEDGERLINK_REGISTRY"]))
+    keys = {}
+    for app, partitions in CONNECTION_PARTITIONS.items():
+        wanted = registry.keys(app)
+        have = set(instance.get_dynamic_partitions(partitions.name))
+        missing = [k for k in wanted if k not in have]
+        if missing:
+            instance.add_dynamic_partitions(partitions.name, missing)
+        keys[app] = wanted
+    return keys
+
+
+def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[str] | None = None,
+                    echo: Callable[[str], None] = print) -> dict[str, bool]:
+    """Materializes each app's extraction assets for each connection, one run per connection, recorded in the
+    persistent Dagster instance (so the UI shows them). A failing connection does not stop the others."""
+    from dagster import DagsterInstance, materialize
+
+    from assets.extract.assets import raw_quickbooks, raw_sequence
+    from pipelines.definitions import defs
+
+    os.environ.update(dagster_environment())
+    instance = DagsterInstance.get()
+    keys = sync_partitions(instance)
+    wanted_apps = set(apps or keys)
+    only = set(partitions or ())
+    resources = defs.resources
+    results: dict[str, bool] = {}
+    for app, assets_def in (("sequence", raw_sequence), ("quickbooks", raw_quickbooks)):
+        if app not in wanted_apps:
+            continue
+        for key in keys[app]:
+            if only and key not in only:
+                continue
+            echo(f"[extract] {key} ...")
+            result = materialize(
+                [assets_def], instance=instance, partition_key=key, resources=resources, raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                tags={"ledgerlink/connection": key},
+            )
+            results[key] = result.success
+            echo(f"[extract] {key} {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
+    return results
+
+
+def describe_warehouse(path: Path) -> str:
+    if not path.exists():
+        return f"warehouse {path} does not exist yet"
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = con.execute(
+            "select table_schema, table_name from information_schema.tables "
+            "where table_schema like 'raw_%' and table_name not like '_dlt%' order by 1, 2"
+        ).fetchall()
+        lines = [f"warehouse {path}:"]
+        for schema, table in tables:
+            counts = con.execute(
+                f'select tenant, count(*) from "{schema}"."{table}" group by 1 order by 1'
+            ).fetchall() if table != "rejected_records" else con.execute(
+                f'select tenant || \' \' || collection, count(*) from "{schema}"."{table}" group by 1 order by 1'
+            ).fetchall()
+            per = ", ".join(f"{t} {n}" for t, n in counts)
+            lines.append(f"  {schema}.{table:<34} {sum(n for _, n in counts):>8}  ({per})")
+    return "\n".join(lines)
+
+
+def run_sql(query: str, path: Path, fmt: str = "table") -> str:
+    import polars as pl
+
+    if not path.exists():
+        raise FileNotFoundError(f"warehouse {path} does not exist; run `make demo` or `ledgerlink materialize`")
+    with duckdb.connect(str(path), read_only=True) as con:
+        relation = con.sql(query)
+        frame = relation.pl() if relation is not None else pl.DataFrame()
+    if fmt == "csv":
+        return frame.write_csv()
+    if fmt == "json":
+        return frame.write_json() + "\n"
+    with pl.Config(tbl_rows=200, tbl_cols=50, fmt_str_lengths=60, tbl_width_chars=200):
+        return f"{frame}\n"
