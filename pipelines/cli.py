@@ -40,9 +40,11 @@ def generate(out: Path, invoices: int, tenants: int, seed: int, clean: bool) -> 
 @click.option("--rate-limits/--no-rate-limits", default=False, show_default=True,
               help="Enforce each app's real rate limits.")
 @click.option("--port-base", type=int, default=8711, show_default=True)
-def sandbox(fixtures: Path, registry: Path, rate_limits: bool, port_base: int) -> None:
+@click.option("--app", "apps", multiple=True, help="Only these apps (default: every app in the fixtures).")
+def sandbox(fixtures: Path, registry: Path, rate_limits: bool, port_base: int, apps: tuple[str, ...]) -> None:
     """Serve the emulators of every app in a fixture folder on 127.0.0.1 until interrupted."""
-    with runtime.open_sandbox(fixtures, registry, rate_limits=rate_limits, port_base=port_base) as box:
+    with runtime.open_sandbox(fixtures, registry, rate_limits=rate_limits, port_base=port_base,
+                              apps=apps or None) as box:
         for app, url in box.urls.items():
             click.echo(f"{app:<11} {url}")
         click.echo(f"registry: {registry}\nsecrets (sandbox only) for your shell:")

@@ -67,11 +67,12 @@ def reset_demo_state() -> None:
 
 
 @contextlib.contextmanager
-def open_sandbox(fixtures: Path, registry: Path, *, rate_limits: bool = False, port_base: int = 0) -> Iterator:
+def open_sandbox(fixtures: Path, registry: Path, *, rate_limits: bool = False, port_base: int = 0,
+                 apps: Iterable[str] | None = None) -> Iterator:
     from connectors.sandbox.launcher import DEFAULT_PORTS, start_sandbox
 
     ports = {app: (port_base + i if port_base else 0) for i, app in enumerate(DEFAULT_PORTS)}
-    box = start_sandbox(fixtures, ports=ports, rate_limits=rate_limits)
+    box = start_sandbox(fixtures, ports=ports, rate_limits=rate_limits, apps=apps)
     try:
         dump_registry(box.registry_document(), registry)
         # Fresh emulators know only their initial refresh tokens: forget tokens rotated by an earlier sandbox.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,8 @@ def _connection_entry(app: str, tenant: str, url: str) -> dict:
 
 
 def start_sandbox(fixture_dir: Path, *, ports: dict[str, int] | None = None, rate_limits: bool = False,
-                  host: str = "127.0.0.1") -> Sandbox:
-    """Serves every app present in the fixture folder; port 0 picks a free port."""
+                  host: str = "127.0.0.1", apps: Iterable[str] | None = None) -> Sandbox:
+    """Serves every app present in the fixture folder (or only `apps`); port 0 picks a free port."""
     fixture_dir = Path(fixture_dir)
     fixtures = load_fixtures(fixture_dir, known_collections())
     settings_file = fixture_dir / "settings.json"
@@ -106,6 +107,8 @@ def start_sandbox(fixture_dir: Path, *, ports: dict[str, int] | None = None, rat
     served: dict[str, ServedEmulator] = {}
     try:
         for app in EMULATORS:
+            if apps is not None and app not in apps:
+                continue
             per_tenant = fixtures_for_app(fixtures, app)
             if not per_tenant:
                 continue
