@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dlt
+import polars as pl
 import pyarrow as pa
 import pycountry
 
@@ -23,34 +24,52 @@ Progress = Callable[[str], None]
 log = logging.getLogger("ledgerlink.extract")
 
 
+MERGE = {"disposition": "merge", "strategy": "delete-insert"}
+_DELETED = {DELETED_COLUMN: {"data_type": "bool", "hard_delete": True, "nullable": True}}
+
+
 def resource_hints(shape: TableShape) -> dict:
-    """merge on (tenant, id); a row with _deleted = true is removed (the app's own delete signal)."""
-    return {
-        "primary_key": ["tenant", column_name(shape.id_field)],
-        "write_disposition": {"disposition": "merge", "strategy": "delete-insert"},
-        "columns": {DELETED_COLUMN: {"data_type": "bool", "hard_delete": True, "nullable": True}},
-    }
+    """The resource itself carries only its table and disposition: dlt seeds every table variant from the
+    resource's hints, so keys and columns are declared per table (`table_hints`, `child_hints`) instead."""
+    return {"table_name": table_name(shape.table), "write_disposition": MERGE}
 
 
-def child_hints(shape: TableShape, child: str) -> dict:
+def table_hints(shape: TableShape, merge_key: str | None = None):
+    """merge on (tenant, id); a row with _deleted = true is removed (the app's own delete signal). With a
+    merge_key, the rows of each incoming key are replaced whole (a document's lines)."""
+    return dlt.mark.make_hints(
+        table_name=table_name(shape.table),
+        primary_key=["tenant", column_name(shape.id_field)],
+        merge_key=["tenant", merge_key] if merge_key else None,
+        write_disposition=MERGE,
+        columns=_DELETED,
+    )
+
+
+def child_hints(shape: TableShape, child: str):
     """A child table is replaced per parent: its rows are deleted by (tenant, parent id) and inserted anew."""
     return dlt.mark.make_hints(
         table_name=shape.child_table(child),
         primary_key=["tenant", shape.parent_key, "_index"],
         merge_key=["tenant", shape.parent_key],
-        write_disposition={"disposition": "merge", "strategy": "delete-insert"},
-        columns={DELETED_COLUMN: {"data_type": "bool", "hard_delete": True, "nullable": True}},
+        write_disposition=MERGE,
+        columns=_DELETED,
     )
 
 
-def emit(page: PageTables, shape: TableShape, *, app: str, tenant: str, collection: str) -> Iterator:
+def _mark(item, hints):
+    return dlt.mark.with_hints(item, hints, create_table_variant=True)
+
+
+def emit(page: PageTables, shape: TableShape, *, app: str, tenant: str, collection: str,
+         merge_key: str | None = None) -> Iterator:
     """Yields a page's tables to dlt (children to their own tables) and its rejected records."""
     for name, table in page.tables.items():
         if name == table_name(shape.table):
-            yield table
+            yield _mark(table, table_hints(shape, merge_key))
         else:
             child = next(c for c in shape.children if shape.child_table(c) == name)
-            yield dlt.mark.with_hints(table, child_hints(shape, child), create_table_variant=True)
+            yield _mark(table, child_hints(shape, child))
     if page.rejected:
         yield rejected_rows(page, app=app, tenant=tenant, collection=collection)
 
@@ -63,22 +82,28 @@ def rejected_rows(page: PageTables, *, app: str, tenant: str, collection: str):
         log.warning("rejected record: %s", message)
         rows.append({"tenant": tenant, "app": app, "collection": collection, "record_id": bad.record_id,
                      "field": bad.field, "reason": bad.reason, "record": bad.record_json, "rejected_at": now})
-    return dlt.mark.with_hints(
-        pa.Table.from_pylist(rows),
-        dlt.mark.make_hints(table_name=REJECTED_TABLE, write_disposition="append"),
-        create_table_variant=True,
-    )
+    table = pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA)
+    return _mark(table, dlt.mark.make_hints(table_name=REJECTED_TABLE, write_disposition="append"))
+
+
+REJECTED_SCHEMA = pa.schema([
+    ("tenant", pa.string()), ("app", pa.string()), ("collection", pa.string()), ("record_id", pa.string()),
+    ("field", pa.string()), ("reason", pa.string()), ("record", pa.string()),
+    ("rejected_at", pa.timestamp("us", tz="UTC")),
+])
 
 
 def tombstones(shape: TableShape, tenant: str, ids: list[str]) -> Iterator:
-    """Rows that delete a record and its child rows (only ever from the app's own delete signal)."""
+    """Rows that delete a record and its child rows (only ever from the app's own delete signal). Built with
+    Polars so their Arrow types match the pages' (dlt writes both into one file)."""
     if not ids:
         return
-    yield pa.table({"tenant": [tenant] * len(ids), column_name(shape.id_field): ids, DELETED_COLUMN: [True] * len(ids)})
+    yield _mark(pl.DataFrame({"tenant": [tenant] * len(ids), column_name(shape.id_field): ids,
+                              DELETED_COLUMN: [True] * len(ids)}).to_arrow(), table_hints(shape))
     for child in shape.children:
-        rows = pa.table({"tenant": [tenant] * len(ids), shape.parent_key: ids, "_index": [-1] * len(ids),
-                         DELETED_COLUMN: [True] * len(ids)})
-        yield dlt.mark.with_hints(rows, child_hints(shape, child), create_table_variant=True)
+        rows = pl.DataFrame({"tenant": [tenant] * len(ids), shape.parent_key: ids, "_index": [-1] * len(ids),
+                             DELETED_COLUMN: [True] * len(ids)})
+        yield _mark(rows.to_arrow(), child_hints(shape, child))
 
 
 def make_pipeline(app: str, tenant: str, warehouse: Path, state_dir: Path, *, dev_mode: bool = False) -> dlt.Pipeline:
@@ -86,6 +111,8 @@ def make_pipeline(app: str, tenant: str, warehouse: Path, state_dir: Path, *, de
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     # Resources run one after another, in order: Sequence's detail resources read what their parents found.
     os.environ["EXTRACT__NEXT_ITEM_MODE"] = "fifo"
+    # Pages differ in which optional fields they carry: let dlt merge their Arrow schemas losslessly.
+    os.environ["DATA_WRITER__ARROW_CONCAT_PROMOTE_OPTIONS"] = "default"
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     return dlt.pipeline(
         pipeline_name=f"{app}__{tenant.replace('-', '_')}",

@@ -29,6 +29,8 @@ class Collection:
     entity: str  # QuickBooks entity name, as in queries
     shape: TableShape
     cdc: bool = True
+    # name lists hide deactivated rows from plain queries; a deactivation is how QuickBooks "deletes" them
+    name_list: bool = False
     sweep_concurrency: int = 4  # pages fetched ahead; QuickBooks allows 10 in flight per realm
 
 
@@ -44,14 +46,14 @@ _TXN_RULES = RecordRules(required=("Id",), numeric=("TotalAmt", "Balance"), curr
 
 COLLECTIONS: dict[str, Collection] = {
     "customer": Collection("Customer", _shape("customer", rules=RecordRules(
-        required=("Id",), numeric=("Balance",), currency=("CurrencyRef.value",)))),
+        required=("Id",), numeric=("Balance",), currency=("CurrencyRef.value",))), name_list=True),
     "invoice": Collection("Invoice", _shape("invoice", children=("Line", "LinkedTxn"), rules=_TXN_RULES)),
     "creditmemo": Collection("CreditMemo", _shape("creditmemo", children=("Line",), rules=_TXN_RULES)),
     "payment": Collection("Payment", _shape("payment", children=("Line",), rules=RecordRules(
         required=("Id",), numeric=("TotalAmt",), currency=("CurrencyRef.value",), dates=("TxnDate",)))),
-    "item": Collection("Item", _shape("item")),
-    "account": Collection("Account", _shape("account")),
-    "taxcode": Collection("TaxCode", _shape("taxcode"), cdc=False),
+    "item": Collection("Item", _shape("item"), name_list=True),
+    "account": Collection("Account", _shape("account"), name_list=True),
+    "taxcode": Collection("TaxCode", _shape("taxcode"), cdc=False, name_list=True),
     "taxrate": Collection("TaxRate", _shape("taxrate"), cdc=False),
     "companyinfo": Collection("CompanyInfo", _shape("companyinfo"), cdc=False),
     "preferences": Collection("Preferences", _shape("preferences"), cdc=False),
@@ -92,6 +94,8 @@ def _read_collection(client: QuickBooksClient | None, tenant: str, name: str, pr
 def _sweep(client: QuickBooksClient, tenant: str, name: str, progress: Progress, *, where: str | None = None):
     spec = COLLECTIONS[name]
     rows = pages = 0
+    if spec.name_list:
+        where = " AND ".join(filter(None, ["Active IN (true, false)", where]))
     for body in client.iter_query_raw(spec.entity, where=where, concurrency=spec.sweep_concurrency):
         page = frame_to_tables(read_records(body, ("QueryResponse", spec.entity)), spec.shape, tenant, CURRENCIES)
         yield from emit(page, spec.shape, app=APP, tenant=tenant, collection=name)
@@ -99,7 +103,7 @@ def _sweep(client: QuickBooksClient, tenant: str, name: str, progress: Progress,
         pages += 1
         if pages % 10 == 0:
             progress(f"{APP} {tenant} {name}: {pages} pages, {rows} rows")
-    progress(f"{APP} {tenant} {name}: {rows} rows in {pages} pages{' (changes only)' if where else ''}")
+    progress(f"{APP} {tenant} {name}: {rows} rows in {pages} pages")
     return rows
 
 

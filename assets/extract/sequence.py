@@ -123,7 +123,7 @@ class SequenceReader:
     def details(self, name: str) -> Iterator:
         if self.client is None:
             return
-        parent, _, shape = DETAILS[name]
+        parent, parent_field, shape = DETAILS[name]
         ids = self.changed_ids[parent]
         read = self._detail_reader(name)
         rows = 0
@@ -133,7 +133,9 @@ class SequenceReader:
                 records = [r for batch in pool.map(read, chunk) for r in batch]
                 if records:
                     page = frame_to_tables(records_frame(records), shape, self.tenant, CURRENCIES)
-                    yield from emit(page, shape, app=APP, tenant=self.tenant, collection=name)
+                    # a changed document's details replace its earlier ones whole (a removed line goes too)
+                    yield from emit(page, shape, app=APP, tenant=self.tenant, collection=name,
+                                    merge_key=column_name(parent_field))
                     rows += page.rows
         self.progress(f"{APP} {self.tenant} {name}: {rows} rows for {len(ids)} changed {parent}")
 
@@ -153,21 +155,12 @@ class SequenceReader:
         }[name]
 
 
-def _detail_hints(shape: TableShape, parent_field: str) -> dict:
-    """A changed document's details replace its earlier ones whole (a removed line disappears too)."""
-    hints = resource_hints(shape)
-    hints["merge_key"] = ["tenant", parent_field]
-    return hints
-
-
 @dlt.source(name=APP, max_table_nesting=0)
 def sequence_source(client: SequenceClient | None = None, tenant: str = "", progress: Progress | None = None):
     """One connection's Sequence account. Called without a client it only describes the resources."""
     reader = SequenceReader(client, tenant, progress or (lambda message: log.info(message)))
     for name, spec in COLLECTIONS.items():
-        yield dlt.resource(reader.collection(name), name=name, table_name=spec.shape.table,
-                           **resource_hints(spec.shape))
+        yield dlt.resource(reader.collection(name), name=name, **resource_hints(spec.shape))
     # Details read the ids their parents found: make_pipeline sets dlt to evaluate resources in order (fifo).
-    for name, (_, parent_field, shape) in DETAILS.items():
-        yield dlt.resource(reader.details(name), name=name, table_name=shape.table,
-                           **_detail_hints(shape, column_name(parent_field)))
+    for name, (_, _, shape) in DETAILS.items():
+        yield dlt.resource(reader.details(name), name=name, **resource_hints(shape))

@@ -1,0 +1,2244 @@
+"""Deterministic demo data for the sandbox: Sequence (billing) and its merchants' QuickBooks Online.
+
+`generate()` writes the fixture layout the emulators load (see DESIGN.md, "Sandbox fixtures"):
+
+    <out>/<tenant>/sequence/<collection>.json     JSON arrays of records exactly as the Sequence API returns them
+    <out>/<tenant>/quickbooks/<collection>.json   JSON arrays of records exactly as QuickBooks Online returns them
+    <out>/settings.json                           per-tenant integration settings (the seed document's settings)
+    <out>/manifest.json                           record counts and every planted discrepancy
+
+How the data is made: one consistent "truth" is generated per tenant, and every QuickBooks record is what
+Sequence's integration would have written for it (the seed document's field table: invoice date by issue or
+accounting date, merchant email on sent invoices, "[group]: [line]" descriptions, tax code resolution, item
+mapping, home-currency conversion). With `discrepancies=True` the two sides are then made to disagree on
+purpose, each disagreement listed once in the manifest under its most specific kind.
+
+Everything derives from `random.Random` seeded by (seed, tenant) and a fixed reference time, so the same
+arguments give byte-identical files. Money is `Decimal`, rounded half-up to minor units; floats appear only
+when QuickBooks JSON numbers are emitted. Records are streamed to disk one by one, so 200k invoices fit in
+memory and take tens of seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import calendar
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+import time
+import unicodedata
+from collections.abc import Callable, Sequence as Seq
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from datetime import date, datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any, TypedDict
+
+import orjson
+import pycountry
+
+__all__ = [
+    "DISCREPANCY_KINDS",
+    "QUICKBOOKS_COLLECTIONS",
+    "REFERENCE_TIME",
+    "SEQUENCE_COLLECTIONS",
+    "Discrepancy",
+    "Manifest",
+    "generate",
+    "main",
+    "tenant_slugs",
+]
+
+# Every timestamp is placed relative to this instant (never now()), so output does not depend on the clock.
+REFERENCE_TIME = datetime(2025, 6, 30, 17, 0, 0, tzinfo=timezone.utc)
+WINDOW_DAYS = 60  # invoices are issued, and records updated, within this many days before REFERENCE_TIME
+
+SEQUENCE_COLLECTIONS = (
+    "customers",
+    "invoices",
+    "line-item-groups",
+    "line-items",
+    "credit-notes",
+    "credit-note-line-item-groups",
+    "credit-note-line-items",
+    "products",
+    "tax-categories",
+    "invoice-payment-settings",
+)
+QUICKBOOKS_COLLECTIONS = (
+    "customer",
+    "invoice",
+    "creditmemo",
+    "payment",
+    "item",
+    "account",
+    "taxcode",
+    "taxrate",
+    "companyinfo",
+    "preferences",
+    "exchangerate",
+)
+DISCREPANCY_KINDS = (
+    "missing_in_app",
+    "missing_in_sequence",
+    "field_differs",
+    "status_differs",
+    "unlinked_candidate",
+    "invalid",
+    "importable",
+    "not_importable",
+    "product_unmapped",
+    "item_name_not_unique",
+    "item_account_differs",
+    "tax_code_unresolved",
+    "currency_differs",
+    "stripe_link_ignored",
+)
+
+
+class Discrepancy(TypedDict):
+    id: str
+    tenant: str
+    app: str  # the app holding the record that breaks a contract (invalid) or the connected app otherwise
+    entity: str  # customer | invoice | credit_note | product | tax_category
+    kind: str  # one of DISCREPANCY_KINDS
+    field: str | None
+    sequence_id: str | None
+    app_id: str | None
+    detail: str
+
+
+class Manifest(TypedDict):
+    seed: int
+    invoices: int
+    reference_date: str
+    tenants: list[str]
+    counts: dict[str, dict[str, dict[str, int]]]
+    discrepancies: list[Discrepancy]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Money, numbers and time
+# ----------------------------------------------------------------------------------------------------------
+
+_ZERO = Decimal("0.00")  # sums start at two decimals, so a zero balance prints as "0.00"
+_CENT = Decimal("0.01")
+_HUNDRED = Decimal(100)
+_QBO_SERVICE_URL = "https://app.qbo.intuit.com/app"
+
+
+def _money(value: Decimal) -> Decimal:
+    """Round to minor units (all currencies generated here have two)."""
+    return value.quantize(_CENT, ROUND_HALF_UP)
+
+
+def _plain(value: Decimal) -> str:
+    """Shortest decimal string without exponent: 2 -> "2", 2.50 -> "2.5" (Sequence quantities)."""
+    text = format(value.normalize(), "f")
+    return text
+
+
+def _rate_text(value: Decimal) -> str:
+    """Sequence rate: at least two decimals ("1200.00"), more when the price has them ("0.0004")."""
+    return str(value) if value.as_tuple().exponent <= -2 else str(value.quantize(_CENT))
+
+
+def _fraction_text(percent: Decimal) -> str:
+    """Sequence taxRate is a fraction string: 20 % -> "0.2"."""
+    return "0.0" if not percent else _plain(percent / _HUNDRED)
+
+
+def _qbo_qty(value: Decimal) -> int | float:
+    """QuickBooks numbers: whole quantities/percentages as integers, others as floats."""
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_DAY = 86_400
+_REF_TS = int(REFERENCE_TIME.timestamp())
+_REF_DAY = _REF_TS // _DAY + _EPOCH_ORDINAL
+
+
+def _day_start(day: int) -> int:
+    return (day - _EPOCH_ORDINAL) * _DAY
+
+
+class _Clock:
+    """Formats epoch seconds and day ordinals the way each vendor does (cached per day: this is the hot path)."""
+
+    _TIMES_OF_DAY: list[str] = []  # "00:00:00" ... "23:59:59", built on first use
+
+    def __init__(self) -> None:
+        self._dates: dict[int, str] = {}
+        self._dst: dict[int, tuple[int, int]] = {}
+        if not _Clock._TIMES_OF_DAY:
+            _Clock._TIMES_OF_DAY = [f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60)]
+        self._times = _Clock._TIMES_OF_DAY
+
+    def date(self, day: int) -> str:
+        text = self._dates.get(day)
+        if text is None:
+            text = self._dates[day] = date.fromordinal(day).isoformat()
+        return text
+
+    def _wall(self, ts: int) -> str:
+        day, seconds = divmod(ts, _DAY)
+        return f"{self.date(day + _EPOCH_ORDINAL)}T{self._times[seconds]}"
+
+    def seq(self, ts: int) -> str:
+        """Sequence timestamps: ISO-8601 UTC with Z."""
+        return self._wall(ts) + "Z"
+
+    def qbo(self, ts: int) -> str:
+        """QuickBooks MetaData times: US Pacific wall time with its offset (-08:00, or -07:00 in summer)."""
+        year = date.fromordinal(ts // _DAY + _EPOCH_ORDINAL).year
+        bounds = self._dst.get(year)
+        if bounds is None:
+            bounds = self._dst[year] = self._us_dst_bounds(year)
+        if bounds[0] <= ts < bounds[1]:
+            return self._wall(ts - 7 * 3600) + "-07:00"
+        return self._wall(ts - 8 * 3600) + "-08:00"
+
+    @staticmethod
+    def _us_dst_bounds(year: int) -> tuple[int, int]:
+        # US rule: from the second Sunday of March 02:00 PST to the first Sunday of November 02:00 PDT.
+        march8 = date(year, 3, 8).toordinal()
+        start = march8 + (6 - date.fromordinal(march8).weekday()) % 7
+        nov1 = date(year, 11, 1).toordinal()
+        end = nov1 + (6 - date.fromordinal(nov1).weekday()) % 7
+        return _day_start(start) + 10 * 3600, _day_start(end) + 9 * 3600
+
+
+_MONTHS = tuple(calendar.month_name)
+
+
+@lru_cache(maxsize=4096)
+def _month_label(day: int) -> str:
+    d = date.fromordinal(day)
+    return f"{_MONTHS[d.month]} {d.year}"
+
+
+@lru_cache(maxsize=4096)
+def _month_bounds(day: int) -> tuple[int, int]:
+    d = date.fromordinal(day)
+    first = date(d.year, d.month, 1).toordinal()
+    return first, first + calendar.monthrange(d.year, d.month)[1] - 1
+
+
+class _Random(random.Random):
+    """random.Random with cheaper randint/choice (the stdlib ones cost ~1.5 us a call, too much at 200k invoices).
+
+    Still a pure function of the seed; int(random() * n) is unbiased enough for demo data.
+    """
+
+    def randint(self, a: int, b: int) -> int:  # type: ignore[override]
+        return a + int(self.random() * (b - a + 1))
+
+    def choice(self, seq: Seq[Any]) -> Any:  # type: ignore[override]
+        return seq[int(self.random() * len(seq))]
+
+    def pick(self, population: Seq[Any], cum_weights: Seq[float]) -> Any:
+        """One weighted draw (random.choices without its per-call overhead)."""
+        return population[bisect.bisect_right(cum_weights, self.random() * cum_weights[-1])]
+
+
+_VARIANT = "89ab"
+
+
+def _uuid(rng: random.Random) -> str:
+    """A version-4 UUID drawn from the generator's own random stream (uuid4() would not be reproducible)."""
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def _cumulative(weights: Seq[float]) -> list[float]:
+    total, out = 0.0, []
+    for weight in weights:
+        total += weight
+        out.append(total)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tenant profiles and reference data (pure data)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TaxCodeSpec:
+    key: str
+    name: str
+    percent: str
+    special: str = "NONE"  # SpecialTaxType of its sales rate
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class _Profile:
+    slug: str
+    company: str
+    legal_name: str
+    country: str
+    currency: str
+    multi_currency: bool
+    us_sales_tax: bool  # US automated sales tax: line codes are the literals TAX / NON
+    invoice_date: str  # "issue" | "accounting": which Sequence date becomes the QuickBooks TxnDate
+    merchant_email: str
+    fiscal_month: str
+    timezone: str
+    address: tuple[str, str, str, str | None]  # line1, city, postcode, state
+    customer_countries: tuple[tuple[str, int], ...]
+    anchors: tuple[tuple[str, str], ...]  # (country, tax status) of the first customers: every path always occurs
+    tax_codes: tuple[_TaxCodeSpec, ...]  # non-US only; US codes come from _US_STATE_TAX
+    categories: tuple[tuple[str, str, str | None], ...]  # role, Sequence tax category name, tax code key
+    role_alias: tuple[tuple[str, str], ...]  # product tax roles this profile books under another role
+    fallback_code: str
+    exempt_code: str
+    reverse_charge_code: str
+    zero_code: str  # what a mis-mapped taxable line ends up with (line.tax_code discrepancy)
+    inactive_code: str
+    tax_agency: str
+    tax_account: str
+    payment_ref: str
+    fx_base: tuple[tuple[str, str], ...]  # foreign currency -> home units per foreign unit
+
+
+_UK = _Profile(
+    slug="acme-uk",
+    company="Acme Cloud Ltd",
+    legal_name="Acme Cloud Limited",
+    country="GB",
+    currency="GBP",
+    multi_currency=True,
+    us_sales_tax=False,
+    invoice_date="issue",
+    merchant_email="billing@acmecloud.example",
+    fiscal_month="April",
+    timezone="Europe/London",
+    address=("1 Finsbury Avenue", "London", "EC2M 2PF", None),
+    customer_countries=(("GB", 60), ("IE", 8), ("DE", 7), ("FR", 7), ("NL", 6), ("US", 12)),
+    anchors=(("GB", "TAXED"), ("GB", "TAX_EXEMPT"), ("IE", "REVERSE_CHARGED"), ("US", "TAX_EXEMPT")),
+    tax_codes=(
+        _TaxCodeSpec("std", "20.0% S", "20"),
+        _TaxCodeSpec("red", "5.0% R", "5"),
+        _TaxCodeSpec("zero", "0.0% Z", "0", "ZERO_RATE"),
+        _TaxCodeSpec("exempt", "Exempt", "0", "ZERO_RATE"),
+        _TaxCodeSpec("novat", "No VAT", "0", "ZERO_RATE"),
+        _TaxCodeSpec("rc", "20.0% RC SG", "0", "REVERSE_CHARGE"),
+        _TaxCodeSpec("old", "17.5% S", "17.5", active=False),
+    ),
+    categories=(
+        ("std", "Standard rated", "std"),
+        ("energy", "Reduced rate", "red"),
+        ("books", "Zero rated", "zero"),
+        ("exempt", "Exempt supplies", "exempt"),
+    ),
+    role_alias=(),
+    fallback_code="std",
+    exempt_code="novat",
+    reverse_charge_code="rc",
+    zero_code="zero",
+    inactive_code="old",
+    tax_agency="HM Revenue & Customs",
+    tax_account="VAT Control",
+    payment_ref="BACS",
+    fx_base=(("EUR", "0.8512"), ("USD", "0.7874")),
+)
+_US = _Profile(
+    slug="globex-us",
+    company="Globex Analytics Inc.",
+    legal_name="Globex Analytics, Inc.",
+    country="US",
+    currency="USD",
+    multi_currency=False,
+    us_sales_tax=True,
+    invoice_date="accounting",
+    merchant_email="ar@globexanalytics.example",
+    fiscal_month="January",
+    timezone="America/New_York",
+    address=("350 Fifth Avenue", "New York", "10118", "NY"),
+    customer_countries=(("US", 86), ("GB", 6), ("DE", 4), ("FR", 4)),
+    anchors=(("US", "TAXED"), ("US", "TAX_EXEMPT"), ("GB", "TAX_EXEMPT")),
+    tax_codes=(),
+    categories=(
+        ("std", "Taxable SaaS", "TAX"),
+        ("services", "Professional services", "NON"),
+        ("books", "Tangible goods", "TAX"),
+        ("exempt", "Non-taxable items", "NON"),
+    ),
+    role_alias=(("energy", "books"),),
+    fallback_code="TAX",
+    exempt_code="NON",
+    reverse_charge_code="NON",
+    zero_code="NON",
+    inactive_code="legacy",
+    tax_agency="New York State Department of Taxation and Finance",
+    tax_account="Sales Tax Payable",
+    payment_ref="ACH",
+    fx_base=(),
+)
+_DE = _Profile(
+    slug="nordwind-de",
+    company="Nordwind Software GmbH",
+    legal_name="Nordwind Software GmbH",
+    country="DE",
+    currency="EUR",
+    multi_currency=True,
+    us_sales_tax=False,
+    invoice_date="accounting",
+    merchant_email="rechnungen@nordwind-software.example",
+    fiscal_month="January",
+    timezone="Europe/Berlin",
+    address=("Hafenstraße 5", "Hamburg", "20457", None),
+    customer_countries=(("DE", 60), ("FR", 8), ("NL", 8), ("ES", 5), ("IE", 4), ("GB", 8), ("US", 7)),
+    anchors=(("DE", "TAXED"), ("DE", "TAX_EXEMPT"), ("FR", "REVERSE_CHARGED"), ("GB", "TAX_EXEMPT"),
+             ("US", "TAX_EXEMPT")),
+    tax_codes=(
+        _TaxCodeSpec("std", "19% USt", "19"),
+        _TaxCodeSpec("red", "7% USt", "7"),
+        _TaxCodeSpec("free", "Steuerfrei", "0", "ZERO_RATE"),
+        _TaxCodeSpec("nst", "Nicht steuerbar", "0", "ZERO_RATE"),
+        _TaxCodeSpec("rc", "Reverse Charge §13b", "0", "REVERSE_CHARGE"),
+        _TaxCodeSpec("old", "16% USt (2020)", "16", active=False),
+    ),
+    categories=(
+        ("std", "Regelsteuersatz", "std"),
+        ("books", "Ermäßigter Steuersatz", "red"),
+        ("exempt", "Steuerbefreit", "free"),
+    ),
+    role_alias=(("energy", "std"),),
+    fallback_code="std",
+    exempt_code="nst",
+    reverse_charge_code="rc",
+    zero_code="free",
+    inactive_code="old",
+    tax_agency="Finanzamt Hamburg",
+    tax_account="Umsatzsteuer",
+    payment_ref="SEPA",
+    fx_base=(("GBP", "1.1748"), ("USD", "0.9251")),
+)
+_PROFILES = (_UK, _US, _DE)
+
+# US automated sales tax: a taxed customer's rate comes from the state (code id assigned per tenant).
+_US_STATE_TAX = (
+    ("NY", "New York City", "8.875"),
+    ("CA", "San Francisco", "8.625"),
+    ("TX", "Austin", "8.25"),
+    ("WA", "Seattle", "10.25"),
+    ("MA", "Massachusetts", "6.25"),
+    ("IL", "Chicago", "10.25"),
+    ("CO", "Denver", "8.81"),
+    ("FL", "Miami-Dade", "7"),
+)
+
+# Product catalogue: name, group title, tax role, income account, quantity kind, low, high, rate decimals,
+# recurring. A group title always carries one tax role, because Sequence keeps the tax category on the group.
+_CATALOG = (
+    ("Platform fee", "Platform", "std", "subs", "one", "400", "4000", 0, True),
+    ("Additional seats", "Platform", "std", "subs", "seats", "8", "45", 2, True),
+    ("API calls", "Usage", "std", "usage", "usage", "0.0004", "0.0025", 4, True),
+    ("Data storage (GB)", "Usage", "std", "usage", "storage", "0.05", "0.30", 2, True),
+    ("Premium support", "Support", "std", "support", "one", "150", "1500", 0, True),
+    ("Onboarding workshop", "Professional services", "services", "services", "few", "750", "2500", 0, False),
+    ("Consulting hours", "Professional services", "services", "services", "hours", "110", "240", 0, False),
+    ("Printed manuals", "Materials", "books", "other", "units", "15", "80", 2, False),
+    ("Device insurance", "Insurance", "exempt", "other", "one", "20", "200", 2, True),
+    ("Energy pass-through", "Utilities", "energy", "other", "kwh", "0.18", "0.35", 3, True),
+)
+_CATALOG_WEIGHTS = (30, 18, 15, 8, 10, 6, 8, 3, 3, 4)
+_LINE_COUNT_WEIGHTS = _cumulative((35, 35, 20, 10))  # lines per invoice: 1, 2, 3, 4
+# Products that may be left unmapped when discrepancies are planted (never the core subscription lines).
+_UNMAPPABLE = ("Data storage (GB)", "Printed manuals", "Device insurance", "Energy pass-through")
+# QuickBooks items that predate the integration; two Sequence products reuse their names when planted.
+_LEGACY_ITEMS = (("Consulting", "services"), ("Training", "services"), ("Hardware", "other"))
+
+_ACCOUNTS = (
+    # key, AcctNum, name, AccountType, AccountSubType, Classification
+    ("ar", "1100", "Accounts Receivable (A/R)", "Accounts Receivable", "AccountsReceivable", "Asset"),
+    ("bank", "1200", "Business Current Account", "Bank", "Checking", "Asset"),
+    ("tax", "2200", None, "Other Current Liability", "GlobalTaxPayable", "Liability"),
+    ("subs", "4000", "Subscription Revenue", "Income", "ServiceFeeIncome", "Revenue"),
+    ("usage", "4010", "Usage Revenue", "Income", "ServiceFeeIncome", "Revenue"),
+    ("services", "4020", "Professional Services Income", "Income", "ServiceFeeIncome", "Revenue"),
+    ("support", "4030", "Support Revenue", "Income", "ServiceFeeIncome", "Revenue"),
+    ("other", "4040", "Other Income", "Income", "OtherPrimaryIncome", "Revenue"),
+    ("sales", "4090", "Sales", "Income", "SalesOfProductIncome", "Revenue"),
+)
+
+# QuickBooks currency display names (its own vocabulary); codes are checked against ISO 4217 via pycountry.
+_QBO_CURRENCY_NAMES = {"GBP": "British Pound Sterling", "EUR": "Euro", "USD": "United States Dollar"}
+_COUNTRY_CURRENCY = {"GB": "GBP", "US": "USD", "DE": "EUR", "FR": "EUR", "NL": "EUR", "IE": "EUR", "ES": "EUR"}
+_EU = frozenset({"DE", "FR", "NL", "IE", "ES"})
+_PRICE_FACTOR = {"GBP": Decimal(1), "EUR": Decimal("1.15"), "USD": Decimal("1.25")}
+
+# Postcode patterns: "#" = digit, "A" = capital letter, anything else literal (US/FR/ES get digits appended).
+_PLACES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
+    "GB": (("London", "EC1V #AA", None), ("London", "SE1 #AA", None), ("Manchester", "M1 #AA", None),
+           ("Leeds", "LS1 #AA", None), ("Bristol", "BS1 #AA", None), ("Edinburgh", "EH2 #AA", None),
+           ("Birmingham", "B3 #AA", None), ("Cambridge", "CB2 #AA", None)),
+    "US": (("New York", "100", "NY"), ("San Francisco", "941", "CA"), ("Austin", "787", "TX"),
+           ("Seattle", "981", "WA"), ("Boston", "021", "MA"), ("Chicago", "606", "IL"),
+           ("Denver", "802", "CO"), ("Miami", "331", "FL")),
+    "DE": (("Berlin", "10###", None), ("Hamburg", "20###", None), ("München", "80###", None),
+           ("Köln", "50###", None), ("Frankfurt am Main", "60###", None), ("Leipzig", "04###", None)),
+    "FR": (("Paris", "750", None), ("Lyon", "6900", None), ("Toulouse", "3100", None), ("Lille", "5900", None)),
+    "NL": (("Amsterdam", "10## AA", None), ("Rotterdam", "30## AA", None), ("Utrecht", "35## AA", None)),
+    "IE": (("Dublin", "D02 A###", None), ("Cork", "T12 A###", None), ("Galway", "H91 A###", None)),
+    "ES": (("Madrid", "280", None), ("Barcelona", "080", None), ("Valencia", "460", None)),
+}
+_STREETS = {
+    "GB": ("High Street", "Church Road", "Station Road", "Victoria Street", "Old Street", "King Street"),
+    "US": ("Main Street", "Market Street", "Broadway", "Congress Avenue", "Pine Street", "Fifth Avenue"),
+    "DE": ("Friedrichstraße", "Schillerstraße", "Bahnhofstraße", "Lindenallee", "Hauptstraße"),
+    "FR": ("rue de la Paix", "boulevard Haussmann", "rue du Faubourg Saint-Honoré", "avenue Jean Jaurès"),
+    "NL": ("Keizersgracht", "Herengracht", "Coolsingel", "Damrak"),
+    "IE": ("Grafton Street", "Baggot Street Lower", "Patrick Street", "Harcourt Road"),
+    "ES": ("Calle de Alcalá", "Passeig de Gràcia", "Gran Vía", "Calle Mayor"),
+}
+_STREET_NUMBER_FIRST = frozenset({"GB", "US", "FR", "IE"})
+_LEGAL_SUFFIX = {
+    "GB": ("Ltd", "Ltd", "plc"), "IE": ("Ltd", "DAC"), "US": ("Inc.", "LLC", "Corp."),
+    "DE": ("GmbH", "GmbH", "AG"), "FR": ("SAS", "SARL"), "NL": ("B.V.",), "ES": ("S.L.", "S.A."),
+}
+_NAME_A = ("Blue", "North", "Bright", "Silver", "Quantum", "Harbor", "Granite", "Pixel", "Atlas", "Nimbus",
+           "Cedar", "Falcon", "Meridian", "Orbit", "Summit", "Vertex", "Willow", "Zephyr", "Copper", "Beacon",
+           "Cobalt", "Delta", "Ember", "Fjord", "Helix", "Iris", "Juniper", "Kestrel", "Lumen", "Maple",
+           "Nova", "Onyx", "Prism", "Quill", "Raven", "Sable", "Tidal", "Umber", "Vela", "Wren")
+_NAME_B = ("Analytics", "Logistics", "Labs", "Systems", "Health", "Retail", "Media", "Robotics", "Foods",
+           "Energy", "Capital", "Software", "Networks", "Bio", "Studios", "Freight", "Security", "Payments",
+           "Learning", "Mobility")
+_NAME_C = ("Group", "Holdings", "Digital", "International", "Partners", "Solutions", "Europe", "Works")
+_FIRST = ("Anna", "Ben", "Chloe", "David", "Elena", "Felix", "Grace", "Hugo", "Isla", "Jonas", "Karin",
+          "Liam", "Maya", "Noah", "Olivia", "Pablo", "Quinn", "Rosa", "Sam", "Tara")
+_LAST = ("Smith", "Müller", "Martin", "de Vries", "Murphy", "García", "Johnson", "Schmidt", "Bernard",
+         "Jansen", "Kelly", "López", "Brown", "Fischer", "Dubois", "Bakker")
+_MEMOS = ("Thank you for your business.", "Payment due within {terms} days.",
+          "Please quote the invoice number with your payment.", "Questions? Reply to this email.")
+_STALE_MEMO = "Thanks for your custom - see you next month."
+_LABELS = ("Enterprise", "Mid-market", "SMB", "Startup")
+_ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def tenant_slugs(count: int) -> list[str]:
+    """Tenant folder names: the three profiles, then the same profiles again with -2, -3 ... suffixes."""
+    return [_PROFILES[i % 3].slug + (f"-{i // 3 + 1}" if i >= 3 else "") for i in range(count)]
+
+
+def _ascii_slug(text: str) -> str:
+    """Lowercase ASCII letters and digits only ("García" -> "garcia"), for email local parts and domains."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return "".join(ch for ch in folded.lower() if ch.isalnum())
+
+
+def _pattern(rng: random.Random, pattern: str) -> str:
+    out = []
+    for ch in pattern:
+        if ch == "#":
+            out.append(str(rng.randint(0, 9)))
+        elif ch == "A":
+            out.append(chr(65 + rng.randint(0, 25)))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Internal model
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _TaxCode:
+    id: str
+    name: str
+    percent: Decimal
+    rate_id: str | None
+    active: bool
+    spec: _TaxCodeSpec | None
+
+
+@dataclass(slots=True)
+class _Category:
+    id: str
+    name: str
+    role: str
+
+
+@dataclass(slots=True)
+class _Account:
+    id: str
+    key: str
+    number: str
+    name: str
+    ref: dict
+
+
+@dataclass(slots=True)
+class _Item:
+    id: str
+    name: str
+    account: _Account
+    ref: dict
+    account_ref: dict
+    product: _Product | None
+    created_ts: int = 0
+
+
+@dataclass(slots=True)
+class _Product:
+    id: str
+    name: str
+    group: str
+    role: str
+    category: _Category | None
+    account_key: str
+    qty_kind: str
+    low: Decimal
+    high: Decimal
+    decimals: int
+    recurring: bool
+    weight: int
+    item: _Item | None = None  # the QuickBooks item it is mapped to (None = unmapped)
+    price_step: Decimal = Decimal(1)  # smallest price increment (10^-decimals)
+    price_units: tuple[int, int] = (1, 1)  # low and high list price in price_step units
+
+    def __post_init__(self) -> None:
+        self.price_step = Decimal(1).scaleb(-self.decimals)
+        self.price_units = (int(self.low / self.price_step), int(self.high / self.price_step))
+
+
+@dataclass(slots=True)
+class _Customer:
+    seq_id: str
+    role: str  # core | new | unlinked | draft | qbo_only
+    name: str
+    country: str
+    state: str | None
+    address: dict  # Sequence address
+    tax_status: str
+    currency: str
+    contacts: list
+    primary_email: str
+    billing_emails: list
+    domain: str | None
+    created_ts: int
+    archived_ts: int | None
+    tax_id: str | None
+    schedule_id: str | None
+    state_tax: tuple | None  # (code id, rate id, percent) for taxed US customers
+    weight: float = 1.0
+    qbo_id: str | None = None
+    linked: bool = False
+    qbo_name: str = ""
+    qbo_email: str | None = None
+    qbo_addr: dict | None = None
+    qbo_balance: Decimal = _ZERO
+    qbo_created_ts: int = 0
+    qbo_updated_ts: int = 0
+    stripe_id: str | None = None
+    label: str | None = None
+    custom: dict | None = None
+    bill_addr_ref: dict | None = None  # QuickBooks BillAddr as Sequence pushes it on invoices
+
+
+class _InvoicePlan:
+    """One Sequence invoice, decided before anything is written so discrepancies can be chosen by eligibility."""
+
+    __slots__ = ("id", "cust", "status", "was_sent", "paid", "paid_day", "paid_ts", "provider", "link",
+                 "settings_record", "issue", "acct", "due", "terms", "period", "created_ts", "final_ts", "event_ts",
+                 "memo", "po", "reference", "lines", "currency", "number", "plant", "plant_detail", "credit_note",
+                 "order")
+
+    def __init__(self) -> None:
+        self.plant: tuple[str, str | None, str] | None = None  # (kind, field, variant)
+        self.plant_detail = ""
+        self.credit_note: str | None = None  # credit-note status when one is issued against this invoice
+        self.number: str | None = None
+        self.paid = False
+        self.paid_day: int | None = None
+        self.paid_ts: int | None = None
+
+
+_ISSUED = ("FINAL", "SENT")
+
+
+class _ArrayWriter:
+    """Streams one JSON array to disk, one record per line (small memory, diff-friendly, byte-stable)."""
+
+    _BATCH = 2048  # records serialised per file write
+
+    def __init__(self, path: Path) -> None:
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._fh.write(b"[")
+        self._pending: list[bytes] = []
+        self.count = 0
+
+    def write(self, record: dict) -> None:
+        self._pending.append(orjson.dumps(record))
+        if len(self._pending) == self._BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._fh.write((b",\n" if self.count else b"\n") + b",\n".join(self._pending))
+            self.count += len(self._pending)
+            self._pending = []
+
+    def close(self) -> None:
+        self._flush()
+        self._fh.write(b"\n]\n" if self.count else b"]\n")
+        self._fh.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One tenant
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Tenant:
+    def __init__(self, slug: str, profile: _Profile, n_invoices: int, seed: int, plant: bool, out: Path) -> None:
+        self.slug = slug
+        self.p = profile
+        self.n_invoices = n_invoices
+        self.plant_on = plant
+        self.out = out
+        # A string seed is hashed with SHA-512 by random.Random: stable across runs and PYTHONHASHSEED.
+        self.rng = _Random(f"ledgerlink-demo/{seed}/{slug}")
+        # "Several of every kind": a couple per tenant, more on large data sets.
+        self.scale = max(1, min(25, n_invoices // 2000))
+        self.clock = _Clock()
+        self.discrepancies: list[Discrepancy] = []
+        self.counts: dict[str, dict[str, int]] = {"sequence": {}, "quickbooks": {}}
+        self.account_id = _uuid(self.rng)  # sequenceAccountId
+        self.home = profile.currency
+        self._ids: dict[str, int] = {}
+        self._tax_cache: dict[tuple, tuple] = {}
+        self._writers: dict[tuple[str, str], _ArrayWriter] = {}
+        self.payment_bundles: list[list] = []  # [payment id, currency, day, timestamp, customer]
+        self.payment_lines: dict[str, list[tuple[str, Decimal]]] = {}  # payment id -> (invoice id, amount)
+        self._open_bundle: dict[str, list] = {}
+        self.bank_balance = _ZERO
+        self.ar_balance = _ZERO
+        self.invoice_number = 0
+        self.credit_note_number = 0
+        self.qbo_doc_number = 1000
+        self.qbo_names: set[str] = set()
+
+    # ---- ids and manifest -------------------------------------------------------------------------------
+
+    def _next(self, counter: str, start: int = 1) -> str:
+        value = self._ids.get(counter, start)
+        self._ids[counter] = value + 1
+        return str(value)
+
+    def _txn_id(self) -> str:
+        # Invoices, credit memos and payments share one transaction id sequence, as in QuickBooks.
+        return self._next("txn", 130)
+
+    def _plant(self, entity: str, kind: str, field: str | None, sequence_id: str | None, app_id: str | None,
+               detail: str, app: str = "quickbooks") -> None:
+        self.discrepancies.append({
+            "id": f"{self.slug}-{len(self.discrepancies) + 1:04d}", "tenant": self.slug, "app": app,
+            "entity": entity, "kind": kind, "field": field, "sequence_id": sequence_id, "app_id": app_id,
+            "detail": detail,
+        })
+
+    def _meta(self, create_ts: int, update_ts: int | None = None) -> dict:
+        return {"CreateTime": self.clock.qbo(create_ts), "LastUpdatedTime": self.clock.qbo(update_ts or create_ts)}
+
+    def _ts_in_day(self, day: int, earliest: int = 0) -> int:
+        """A business-hours instant on `day`, not before `earliest` and never after the reference time."""
+        ts = _day_start(day) + 8 * 3600 + self.rng.randint(0, 9 * 3600)
+        return min(max(ts, earliest), _REF_TS)
+
+    def _recent_ts(self, after: int) -> int:
+        """An update time within the last WINDOW_DAYS (or `after` when that is later)."""
+        return max(after, _REF_TS - self.rng.randint(0, WINDOW_DAYS * _DAY))
+
+    # ---- writing ----------------------------------------------------------------------------------------
+
+    def _open_writers(self) -> None:
+        for app, names in (("sequence", SEQUENCE_COLLECTIONS), ("quickbooks", QUICKBOOKS_COLLECTIONS)):
+            folder = self.out / self.slug / app
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                self._writers[app, name] = _ArrayWriter(folder / f"{name}.json")
+
+    def _w(self, app: str, collection: str) -> Callable[[dict], None]:
+        return self._writers[app, collection].write
+
+    def _close_writers(self) -> None:
+        for (app, name), writer in self._writers.items():
+            writer.close()
+            self.counts[app][name] = writer.count
+
+    # ---- orchestration ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._build_company()
+        self._build_catalog()
+        self._build_customers()
+        plans = self._plan_invoices()
+        if self.plant_on:
+            self._plant_invoices(plans)
+        self._plan_credit_notes(plans)
+        self._open_writers()
+        try:
+            self._write_reference_data()
+            seq_inv, seq_groups, seq_lines = (self._w("sequence", c) for c in
+                                              ("invoices", "line-item-groups", "line-items"))
+            for plan in plans:
+                self._emit_invoice(plan, seq_inv, seq_groups, seq_lines)
+            if self.plant_on:
+                self._emit_qbo_only_invoices()
+                self._emit_invalid_qbo_invoices()
+            self._emit_payments()
+            self._emit_customers()
+            self._emit_ledger_accounts()
+        finally:
+            self._close_writers()
+
+    # ---- company, tax, accounts ------------------------------------------------------------------------
+
+    def _build_company(self) -> None:
+        p, rng = self.p, self.rng
+        self.company_start_ts = _REF_TS - 3 * 365 * _DAY - rng.randint(0, 200) * _DAY
+        self.qbo_home_ref = {"value": self.home, "name": _QBO_CURRENCY_NAMES[self.home]}
+        # Ledger accounts: income accounts carry the AcctNum codes that settings.items refers to.
+        self.accounts: dict[str, _Account] = {}
+        for key, number, name, _type, _sub, _cls in _ACCOUNTS:
+            name = name or p.tax_account
+            acc_id = self._next("account")
+            self.accounts[key] = _Account(acc_id, key, number, name, {"value": acc_id, "name": name})
+        # Tax: QuickBooks tax rates and codes, the Sequence categories and their mapping.
+        self.tax_codes: dict[str, _TaxCode] = {}  # by spec key (non-US) or literal id (US)
+        self.tax_rates: list[dict] = []
+        self.tax_code_records: list[dict] = []
+        agency = {"value": "1", "name": p.tax_agency}
+        meta = self._meta(self.company_start_ts)
+        if p.us_sales_tax:
+            for literal, taxable in (("TAX", True), ("NON", False)):
+                self.tax_codes[literal] = _TaxCode(literal, literal, _ZERO, None, True, None)
+                self.tax_code_records.append({
+                    "Id": literal, "SyncToken": "0", "domain": "QBO", "sparse": False, "MetaData": meta,
+                    "Name": literal, "Description": "Taxable" if taxable else "Non-taxable",
+                    "Active": True, "Hidden": False, "Taxable": taxable, "TaxGroup": False})
+            self.state_tax: dict[str, tuple] = {}
+            for state, name, percent in _US_STATE_TAX + (("ZZ", "Legacy county tax", "1.5"),):
+                rate_id = self._next("taxrate")
+                code_id = self._next("taxcode", 2)
+                active = state != "ZZ"
+                self.tax_rates.append(self._tax_rate_record(rate_id, f"{name} sales tax", Decimal(percent),
+                                                            "NONE", agency, active))
+                self.tax_code_records.append(self._tax_code_record(code_id, name, rate_id, f"{name} sales tax",
+                                                                   True, active))
+                if active:
+                    self.state_tax[state] = (code_id, rate_id, Decimal(percent))
+                else:
+                    self.tax_codes["legacy"] = _TaxCode(code_id, name, Decimal(percent), rate_id, False, None)
+        else:
+            for spec in p.tax_codes:
+                rate_id = self._next("taxrate")
+                code_id = self._next("taxcode", 2)
+                percent = Decimal(spec.percent)
+                self.tax_rates.append(self._tax_rate_record(rate_id, f"{spec.name} (sales)", percent, spec.special,
+                                                            agency, spec.active))
+                self.tax_code_records.append(self._tax_code_record(code_id, spec.name, rate_id,
+                                                                   f"{spec.name} (sales)", bool(percent),
+                                                                   spec.active))
+                self.tax_codes[spec.key] = _TaxCode(code_id, spec.name, percent, rate_id, spec.active, spec)
+        self.fallback = self.tax_codes[p.fallback_code]
+        self.exempt = self.tax_codes[p.exempt_code]
+        self.reverse_charge = self.tax_codes[p.reverse_charge_code]
+        self.zero = self.tax_codes[p.zero_code]
+        # Daily exchange rates (home units per foreign unit) over the whole window, as a random walk.
+        self.fx: dict[tuple[str, int], Decimal] = {}
+        self.fx_records: list[dict] = []
+        first_day = _REF_DAY - WINDOW_DAYS - 50
+        for currency, base in p.fx_base:
+            rate = Decimal(base)
+            for day in range(first_day, _REF_DAY + 1):
+                rate = (rate * (1 + Decimal(rng.randint(-30, 30)) / 10_000)).quantize(Decimal("0.000001"))
+                self.fx[currency, day] = rate
+                ts = _day_start(day) + 6 * 3600 + rng.randint(0, 3600)
+                self.fx_records.append({
+                    "SyncToken": "0", "domain": "QBO", "sparse": False, "SourceCurrencyCode": currency,
+                    "TargetCurrencyCode": self.home, "Rate": float(rate), "AsOfDate": self.clock.date(day),
+                    "MetaData": {"LastUpdatedTime": self.clock.qbo(ts)}})
+
+    def _tax_rate_record(self, rate_id: str, name: str, percent: Decimal, special: str, agency: dict,
+                         active: bool) -> dict:
+        return {"Id": rate_id, "SyncToken": "0", "domain": "QBO", "sparse": False,
+                "MetaData": self._meta(self.company_start_ts), "Name": name, "Description": name,
+                "Active": active, "RateValue": _qbo_qty(percent), "AgencyRef": agency,
+                "SpecialTaxType": special, "DisplayType": "ReadOnly"}
+
+    def _tax_code_record(self, code_id: str, name: str, rate_id: str, rate_name: str, taxable: bool,
+                         active: bool) -> dict:
+        return {"Id": code_id, "SyncToken": "0", "domain": "QBO", "sparse": False,
+                "MetaData": self._meta(self.company_start_ts), "Name": name, "Description": name,
+                "Active": active, "Hidden": False, "Taxable": taxable, "TaxGroup": False,
+                "SalesTaxRateList": {"TaxRateDetail": [{"TaxRateRef": {"value": rate_id, "name": rate_name},
+                                                        "TaxTypeApplicable": "TaxOnAmount", "TaxOrder": 0}]},
+                "PurchaseTaxRateList": {"TaxRateDetail": []}}
+
+    def _build_catalog(self) -> None:
+        p, rng = self.p, self.rng
+        catalog_ts = self.company_start_ts + 30 * _DAY
+        # Sequence tax categories, mapped to QuickBooks tax codes in the integration settings.
+        self.categories: dict[str, _Category] = {}
+        self.tax_code_map: dict[str, str] = {}
+        for role, name, code_key in p.categories:
+            cat = _Category(_uuid(rng), name, role)
+            self.categories[role] = cat
+            self.tax_code_map[cat.id] = self.tax_codes[code_key].id
+        self.extra_categories: list[_Category] = []
+        if self.plant_on:
+            # Categories whose mapping cannot resolve: an inactive code and a code id QuickBooks never had.
+            inactive = self.tax_codes[p.inactive_code]
+            for name, code_id, why in (
+                ("Digital services (OSS)", inactive.id, f"mapped to inactive QuickBooks tax code {inactive.id} "
+                                                        f"({inactive.name})"),
+                ("Telecommunications", "999", "mapped to QuickBooks tax code 999, which does not exist"),
+            ):
+                cat = _Category(_uuid(rng), name, "unresolved")
+                self.extra_categories.append(cat)
+                self.tax_code_map[cat.id] = code_id
+                self._plant("tax_category", "tax_code_unresolved", "tax_code", cat.id,
+                            code_id if code_id != "999" else None, f"Tax category '{name}' is {why}.")
+        aliases = dict(p.role_alias)
+        # QuickBooks items: the default "Services" item, legacy items, then one per mapped product.
+        self.items: list[_Item] = []
+        self.item_records: list[dict] = []
+
+        def new_item(name: str, account: _Account, product: _Product | None, created: int) -> _Item:
+            item_id = self._next("item")
+            item = _Item(item_id, name, account, {"value": item_id, "name": name}, account.ref, product, created)
+            self.items.append(item)
+            return item
+
+        self.default_item = new_item("Services", self.accounts["sales"], None, self.company_start_ts)
+        legacy = {name: new_item(name, self.accounts[acct], None, self.company_start_ts)
+                  for name, acct in _LEGACY_ITEMS}
+        self.products: list[_Product] = []
+        unmapped: set[str] = set(rng.sample(_UNMAPPABLE, 2)) if self.plant_on else set()
+        for (name, group, role, acct, kind, low, high, decimals, recurring), weight in zip(
+                _CATALOG, _CATALOG_WEIGHTS, strict=True):
+            role = aliases.get(role, role)
+            prod = _Product(_uuid(rng), name, group, role, self.categories.get(role), acct, kind, Decimal(low),
+                            Decimal(high), decimals, recurring, weight)
+            if name not in unmapped:
+                prod.item = new_item(name, self.accounts[acct], prod, catalog_ts)
+            self.products.append(prod)
+        self.extra_products: list[_Product] = []
+        self.item_settings: dict[str, dict[str, str]] = {}
+        for prod in self.products:
+            if prod.item is not None:
+                self.item_settings[prod.id] = {"item_id": prod.item.id, "account_code": prod.item.account.number}
+        if self.plant_on:
+            for prod in self.products:
+                if prod.item is None:
+                    self._plant("product", "product_unmapped", "item", prod.id, None,
+                                f"Product '{prod.name}' has no QuickBooks item mapping; its synced lines use the "
+                                f"default item '{self.default_item.name}' ({self.default_item.id}).")
+            # New products named like items that already exist: linking them would create a duplicate name.
+            for name in ("Consulting", "Training"):
+                prod = _Product(_uuid(rng), name, "Professional services", "services",
+                                self.categories.get("services"), "services", "hours", Decimal(100), Decimal(200),
+                                0, False, 0)
+                self.extra_products.append(prod)
+                self._plant("product", "item_name_not_unique", "name", prod.id, legacy[name].id,
+                            f"Product '{name}' is unmapped and a QuickBooks item named '{name}' "
+                            f"({legacy[name].id}) already exists; creating its item would fail (names are unique).")
+            # Mapped products whose QuickBooks item books to another income account than the settings say.
+            mapped = [prod for prod in self.products if prod.item is not None and prod.name != "Platform fee"]
+            for prod in rng.sample(mapped, 2):
+                expected = prod.item.account
+                other = self.accounts["other" if expected.key != "other" else "sales"]
+                prod.item.account, prod.item.account_ref = other, other.ref
+                self._plant("product", "item_account_differs", "account_code", prod.id, prod.item.id,
+                            f"Settings book '{prod.name}' to account {expected.number} ({expected.name}); "
+                            f"QuickBooks item {prod.item.id} uses {other.number} ({other.name}).")
+        self.mapped_items = [prod.item for prod in self.products if prod.item is not None]
+        self.product_weights = _cumulative([prod.weight for prod in self.products])
+        self.product_records = []
+        for prod in self.products + self.extra_products:
+            created = (catalog_ts + rng.randint(0, 400 * _DAY) if prod.weight
+                       else _REF_TS - rng.randint(2 * _DAY, 20 * _DAY))
+            record = {"id": prod.id, "name": prod.name}
+            if prod.weight:
+                record["label"] = f"{prod.name} ({self.home})"
+            if prod.category is not None:
+                record["taxCategoryId"] = prod.category.id
+            record["createdAt"] = self.clock.seq(created)
+            record["updatedAt"] = self.clock.seq(self._recent_ts(created) if rng.random() < 0.3 else created)
+            self.product_records.append(record)
+            if prod.item is not None:
+                prod.item.created_ts = created
+        for item in self.items:
+            created = item.created_ts
+            record = {"Id": item.id, "SyncToken": "0", "domain": "QBO", "sparse": False,
+                      "MetaData": self._meta(created + 120, self._recent_ts(created + 120)),
+                      "Name": item.name, "Description": item.name, "Active": True,
+                      "FullyQualifiedName": item.name, "Taxable": False, "UnitPrice": 0,
+                      "Type": "Service", "IncomeAccountRef": item.account_ref, "PurchaseCost": 0,
+                      "TrackQtyOnHand": False}
+            prod = item.product
+            if prod is not None:
+                record["UnitPrice"] = float(_money(prod.low * self._price_factor(self.home)))
+            if p.us_sales_tax:
+                record["Taxable"] = bool(prod and prod.category and self.tax_code_map[prod.category.id] == "TAX")
+            else:
+                code = self.fallback
+                if prod is not None and prod.category is not None:
+                    code = self._code_by_id(self.tax_code_map[prod.category.id])
+                record["Taxable"] = bool(code.percent)
+                record["SalesTaxCodeRef"] = {"value": code.id, "name": code.name}
+            self.item_records.append(record)
+        self.tax_category_records = [{"id": c.id, "name": c.name}
+                                     for c in list(self.categories.values()) + self.extra_categories]
+
+    def _code_by_id(self, code_id: str) -> _TaxCode:
+        for code in self.tax_codes.values():
+            if code.id == code_id:
+                return code
+        raise KeyError(code_id)
+
+    def _price_factor(self, currency: str) -> Decimal:
+        return _PRICE_FACTOR.get(currency, Decimal(1))
+
+    # ---- customers --------------------------------------------------------------------------------------
+
+    def _build_customers(self) -> None:
+        rng = self.rng
+        self.customers: list[_Customer] = []
+        self._names: set[str] = set()
+        self._domains: set[str] = set()
+        n_core = max(6, -(-self.n_invoices // 7))
+        for n in range(n_core):
+            created = _REF_TS - rng.randint(80, 720) * _DAY - rng.randint(0, _DAY)
+            anchor = self.p.anchors[n] if n < len(self.p.anchors) else (None, None)
+            cust = self._new_customer("core", created, *anchor)
+            # Heavy-tailed invoice volume per customer; anchors are busy enough to always have invoices.
+            cust.weight = max(3.0, rng.paretovariate(1.4)) if anchor[0] else rng.paretovariate(1.4)
+            if rng.random() < 0.03 and not anchor[0]:
+                cust.archived_ts = self._recent_ts(created + 30 * _DAY)
+            self._link(cust, created)
+            self.customers.append(cust)
+        self.core = list(self.customers)
+        self.cum_weights = _cumulative([cust.weight for cust in self.core])
+        # Sequence customers still in DRAFT (extracted from a contract, not approved): never synced.
+        for _ in range(2):
+            cust = self._new_customer("draft", _REF_TS - rng.randint(1, 20) * _DAY)
+            self.customers.append(cust)
+        if not self.plant_on:
+            return
+        live = [c for c in self.core if c.archived_ts is None]
+        victims = iter(rng.sample(live, min(len(live), 5 * self.scale)))
+        for field in ("name", "billing_email", "billing_address.line1", "billing_address.city",
+                      "billing_address.postal_code"):
+            for _ in range(self.scale):
+                cust = next(victims, None)
+                if cust is not None:
+                    self._plant_customer_field(cust, field)
+        for _ in range(2 * self.scale):
+            # New in Sequence, never linked or created in QuickBooks.
+            cust = self._new_customer("new", _REF_TS - rng.randint(1, 25) * _DAY)
+            self.customers.append(cust)
+            self._plant("customer", "missing_in_app", None, cust.seq_id, None,
+                        f"'{cust.name}' exists in Sequence only (no QuickBooks link or twin).")
+        for _ in range(2 * self.scale):
+            # Same company on both sides, but the Sequence customer was never linked.
+            cust = self._new_customer("unlinked", _REF_TS - rng.randint(1, 40) * _DAY)
+            self._twin(cust, cust.created_ts - rng.randint(30, 300) * _DAY)
+            self.customers.append(cust)
+            self._plant("customer", "unlinked_candidate", None, cust.seq_id, cust.qbo_id,
+                        f"'{cust.name}' matches QuickBooks customer {cust.qbo_id} by name and email but "
+                        f"has no integration id.")
+        # QuickBooks-only customers: complete ones can be imported, incomplete ones cannot.
+        variants = [("importable", None)] * (2 * self.scale)
+        for field in ("billing_email", "billing_address.country", "billing_address.postal_code"):
+            variants += [("not_importable", field)] * self.scale
+        for kind, field in variants:
+            cust = self._new_customer("qbo_only", _REF_TS - rng.randint(100, 900) * _DAY)
+            self._twin(cust, cust.created_ts)
+            if field == "billing_email":
+                cust.qbo_email = None
+                why = "has no primary email"
+            elif field == "billing_address.country":
+                cust.qbo_addr["Country"] = pycountry.countries.get(alpha_2=cust.country).name
+                why = f"has country '{cust.qbo_addr['Country']}', not an alpha-2 code"
+            elif field == "billing_address.postal_code":
+                del cust.qbo_addr["PostalCode"]
+                why = "has no postal code"
+            else:
+                why = "has a primary email and a complete address (line 1, city, postal code, alpha-2 country)"
+            self.customers.append(cust)
+            self._plant("customer", kind, field, None, cust.qbo_id,
+                        f"QuickBooks customer '{cust.qbo_name}' is not in Sequence and {why}.")
+
+    def _new_customer(self, role: str, created: int, country: str | None = None,
+                      tax_status: str | None = None) -> _Customer:
+        rng, p = self.rng, self.p
+        if country is None:
+            countries, weights = zip(*p.customer_countries, strict=True)
+            country = rng.choices(countries, weights)[0]
+        base = f"{rng.choice(_NAME_A)} {rng.choice(_NAME_B)}"
+        suffix = rng.choice(_LEGAL_SUFFIX[country])
+        name = f"{base} {suffix}"
+        while name in self._names:
+            name = f"{base} {rng.choice(_NAME_C)} {suffix}"
+            if name in self._names:
+                name = f"{base} {rng.randint(2, 999)} {suffix}"
+        self._names.add(name)
+        address = self._address(country)
+        if tax_status is not None:
+            pass
+        elif country == p.country:
+            tax_status = "TAXED" if rng.random() < (0.85 if p.us_sales_tax else 0.95) else "TAX_EXEMPT"
+        elif not p.us_sales_tax and country in _EU:
+            tax_status = "REVERSE_CHARGED"  # EU business customer accounts for the VAT itself
+        else:
+            tax_status = "TAX_EXEMPT"  # outside the scope of the merchant's tax
+        currency = _COUNTRY_CURRENCY[country] if p.multi_currency else self.home
+        slug = _ascii_slug(base)
+        domain = f"{slug}.example"
+        n = 2
+        while domain in self._domains:
+            domain = f"{slug}{n}.example"
+            n += 1
+        self._domains.add(domain)
+        contacts, primary, billing = self._contacts(domain, created)
+        state_tax = None
+        if p.us_sales_tax and tax_status == "TAXED":
+            state_tax = self.state_tax[address["state"]]
+        tax_id = None
+        if country != "US" and rng.random() < (0.9 if tax_status == "REVERSE_CHARGED" else 0.4):
+            tax_id = self._vat_id(country)
+        cust = _Customer(
+            seq_id=_uuid(rng), role=role, name=name, country=country, state=address.get("state"),
+            address=address, tax_status=tax_status, currency=currency, contacts=contacts, primary_email=primary,
+            billing_emails=billing, domain=domain if rng.random() < 0.8 else None, created_ts=created,
+            archived_ts=None, tax_id=tax_id, schedule_id=_uuid(rng) if rng.random() < 0.75 else None,
+            state_tax=state_tax)
+        cust.label = rng.choice(_LABELS) if rng.random() < 0.6 else None
+        if rng.random() < 0.5:
+            cust.custom = {"region": {"GB": "UK", "US": "NA"}.get(country, "EU"), "tier": rng.choice(
+                ("gold", "silver", "bronze"))}
+        if rng.random() < 0.3:
+            cust.stripe_id = "cus_" + "".join(rng.choice(_ALNUM) for _ in range(14))
+        return cust
+
+    def _address(self, country: str) -> dict:
+        rng = self.rng
+        town, pattern, state = rng.choice(_PLACES[country])
+        street = rng.choice(_STREETS[country])
+        number = rng.randint(1, 240)
+        line1 = f"{number} {street}" if country in _STREET_NUMBER_FIRST else f"{street} {number}"
+        postcode = _pattern(rng, pattern)
+        if country == "US":
+            postcode += f"{rng.randint(1, 99):02d}"
+        elif country == "FR":
+            postcode += str(rng.randint(1, 9)) if len(pattern) == 4 else f"{rng.randint(1, 20):02d}"
+        elif country == "ES":
+            postcode += f"{rng.randint(1, 50):02d}"
+        address = {"line1": line1}
+        if rng.random() < 0.25:
+            address["line2"] = rng.choice(("Suite 200", "Floor 3", "Unit 12", "Building B"))
+        address["town"] = town
+        if state:
+            address["state"] = state
+        address["postcode"] = postcode
+        address["country"] = country
+        return address
+
+    def _contacts(self, domain: str, created: int) -> tuple[list, str, list]:
+        rng = self.rng
+        contacts = []
+        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        local = rng.choice(("ap", "accounts", "finance", "billing", "invoices", "accounts.payable"))
+        primary = f"{local}@{domain}"
+        billing = [primary]
+        people = [("Accounts Payable", primary, "PRIMARY")]
+        if rng.random() < 0.3:
+            email = f"{_ascii_slug(first)}.{_ascii_slug(last)}@{domain}"
+            if email != primary:
+                people.append((f"{first} {last}", email, "STANDARD"))
+                billing.append(email)
+        if rng.random() < 0.2:
+            other = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+            people.append((other, f"cto@{domain}", "NONE"))
+        for name, email, preference in people:
+            ts = self.clock.seq(created)
+            contacts.append({"id": _uuid(rng), "name": name, "email": email, "billingPreference": preference,
+                             "createdAt": ts, "updatedAt": ts})
+        return contacts, primary, billing
+
+    def _vat_id(self, country: str) -> str:
+        rng = self.rng
+        digits = "".join(str(rng.randint(0, 9)) for _ in range(9))
+        return {"GB": f"GB{digits}", "DE": f"DE{digits}", "FR": f"FR{digits[:2]}{digits}",
+                "NL": f"NL{digits}B01", "IE": f"IE{digits[:7]}{chr(65 + rng.randint(0, 25))}",
+                "ES": f"ES{chr(65 + rng.randint(0, 25))}{digits[:7]}{chr(65 + rng.randint(0, 25))}"}[country]
+
+    def _twin(self, cust: _Customer, created: int) -> None:
+        """Give the customer a QuickBooks record that agrees with Sequence."""
+        cust.qbo_id = self._next("customer")
+        cust.qbo_name = cust.name
+        self.qbo_names.add(cust.name)
+        cust.qbo_email = cust.primary_email
+        cust.qbo_addr = self._qbo_address(cust.address)
+        cust.qbo_created_ts = created
+        cust.qbo_updated_ts = self._recent_ts(created)
+
+    def _link(self, cust: _Customer, created: int) -> None:
+        self._twin(cust, created + self.rng.randint(60, 1800))
+        cust.linked = True
+        cust.bill_addr_ref = self._qbo_address(cust.address, with_id=False)
+
+    def _qbo_address(self, address: dict, with_id: bool = True) -> dict:
+        addr: dict[str, Any] = {}
+        if with_id:
+            addr["Id"] = self._next("address")
+        addr["Line1"] = address["line1"]
+        if "line2" in address:
+            addr["Line2"] = address["line2"]
+        addr["City"] = address["town"]
+        if "state" in address:
+            addr["CountrySubDivisionCode"] = address["state"]
+        addr["PostalCode"] = address["postcode"]
+        addr["Country"] = address["country"]
+        return addr
+
+    def _plant_customer_field(self, cust: _Customer, field: str) -> None:
+        rng = self.rng
+        addr = cust.qbo_addr
+        assert addr is not None
+        if field == "name":
+            short = cust.name.rsplit(" ", 1)[0]
+            new = short if short not in self.qbo_names else f"{short} (old)"
+            cust.qbo_name = new
+            self.qbo_names.add(new)
+            seq_value, app_value = cust.name, new
+        elif field == "billing_email":
+            local = "accounts" if not cust.primary_email.startswith("accounts@") else "finance"
+            cust.qbo_email = f"{local}@{cust.primary_email.split('@', 1)[1]}"
+            seq_value, app_value = cust.primary_email, cust.qbo_email
+        elif field == "billing_address.line1":
+            old = addr["Line1"]
+            addr["Line1"] = old.replace(old.split(" ")[0], str(rng.randint(241, 999)), 1) \
+                if cust.country in _STREET_NUMBER_FIRST else f"{old.rsplit(' ', 1)[0]} {rng.randint(241, 999)}"
+            seq_value, app_value = cust.address["line1"], addr["Line1"]
+        elif field == "billing_address.city":
+            towns = [t for t, _, _ in _PLACES[cust.country] if t != cust.address["town"]]
+            addr["City"] = rng.choice(towns)
+            seq_value, app_value = cust.address["town"], addr["City"]
+        else:
+            new = cust.address["postcode"]
+            while new == cust.address["postcode"]:
+                new = self._address(cust.country)["postcode"]
+            addr["PostalCode"] = new
+            seq_value, app_value = cust.address["postcode"], new
+        self._plant("customer", "field_differs", field, cust.seq_id, cust.qbo_id,
+                    f"Sequence '{seq_value}' vs QuickBooks '{app_value}'.")
+
+    # ---- invoice planning -------------------------------------------------------------------------------
+
+    def _plan_invoices(self) -> list[_InvoicePlan]:
+        rng, p = self.rng, self.p
+        plans = []
+        gocardless = 0.0 if p.us_sales_tax else 0.08
+        for i in range(self.n_invoices):
+            plan = _InvoicePlan()
+            plan.id = _uuid(rng)
+            cust = plan.cust = rng.pick(self.core, self.cum_weights)
+            plan.currency = cust.currency
+            roll = rng.random()
+            plan.status = "DRAFT" if roll < 0.08 else "VOIDED" if roll < 0.13 else "FINAL" if roll < 0.30 else "SENT"
+            plan.terms = rng.choice((14, 30, 30, 30, 45, 60))
+            plan.memo = rng.choice(_MEMOS).format(terms=plan.terms) if rng.random() < 0.55 else None
+            plan.po = f"PO-{rng.randint(1000, 99999)}" if rng.random() < 0.3 else None
+            plan.reference = f"REF-{rng.randint(10000, 99999)}" if rng.random() < 0.15 else None
+            roll = rng.random()
+            plan.provider = "STRIPE" if roll < 0.25 else "GOCARDLESS" if roll < 0.25 + gocardless else None
+            plan.link = plan.provider is not None
+            plan.settings_record = plan.link or rng.random() < 0.1
+            plan.was_sent = plan.status == "SENT" or (plan.status == "VOIDED" and rng.random() < 0.7)
+            if plan.status == "DRAFT":
+                plan.created_ts = _REF_TS - rng.randint(0, 12 * _DAY)
+                plan.issue = None
+                plan.acct = _REF_DAY + rng.randint(0, 10)
+                plan.due = plan.acct + plan.terms
+                plan.period = _month_bounds(plan.acct)
+                plan.final_ts = None
+                plan.event_ts = plan.created_ts
+            else:
+                issue = plan.issue = _REF_DAY - rng.randint(1, WINDOW_DAYS)
+                plan.created_ts = self._ts_in_day(issue - rng.randint(0, 2))
+                plan.final_ts = self._ts_in_day(issue, plan.created_ts)
+                in_arrears = rng.random() < 0.4
+                plan.period = _month_bounds(_month_bounds(issue)[0] - 1 if in_arrears else issue)
+                roll = rng.random()
+                plan.acct = issue if roll < 0.7 else plan.period[1] if in_arrears else plan.period[0]
+                plan.due = issue + plan.terms
+                plan.event_ts = plan.final_ts + (rng.randint(30, 900) if plan.was_sent else 0)
+                age = _REF_DAY - issue
+                if plan.status in _ISSUED and rng.random() < min(0.85, 0.1 + age / 50):
+                    plan.paid = True
+                    plan.paid_day = issue + rng.randint(1, age)
+                    plan.paid_ts = self._ts_in_day(plan.paid_day, plan.event_ts)
+                    plan.event_ts = plan.paid_ts
+                elif plan.status == "VOIDED":
+                    plan.event_ts = max(plan.event_ts, self._ts_in_day(issue + rng.randint(0, age), plan.event_ts))
+            plan.lines = self._plan_lines(plan)
+            plan.order = i
+            plans.append(plan)
+        # Invoice numbers follow issue order; drafts have none yet.
+        for plan in sorted((pl for pl in plans if pl.issue is not None), key=lambda pl: (pl.issue, pl.final_ts,
+                                                                                         pl.order)):
+            self.invoice_number += 1
+            plan.number = f"INV{self.invoice_number:05d}"
+        plans.sort(key=lambda pl: (pl.created_ts, pl.order))
+        return plans
+
+    def _plan_lines(self, plan: _InvoicePlan) -> list[tuple]:
+        rng = self.rng
+        count = rng.pick((1, 2, 3, 4), _LINE_COUNT_WEIGHTS)
+        chosen: list[_Product] = []
+        for _ in range(count * 3):
+            prod = rng.pick(self.products, self.product_weights)
+            if prod not in chosen:
+                chosen.append(prod)
+                if len(chosen) == count:
+                    break
+        factor = self._price_factor(plan.currency)
+        label = _month_label(plan.period[0])
+        lines = []
+        for prod in chosen:
+            qty = self._quantity(prod.qty_kind)
+            scale = prod.price_step
+            units = rng.randint(prod.price_units[0], prod.price_units[1])
+            rate = (Decimal(units) * scale * factor).quantize(scale, ROUND_HALF_UP)
+            if prod.decimals == 0 and rate >= 100:
+                rate = (rate / 25).quantize(Decimal(1), ROUND_HALF_UP) * 25  # list prices end in 25s
+            title = f"{prod.name}, {label}" if prod.recurring else prod.name
+            lines.append((prod, qty, rate, title))
+        return lines
+
+    def _quantity(self, kind: str) -> Decimal:
+        rng = self.rng
+        if kind == "one":
+            return Decimal(1)
+        if kind == "seats":
+            return Decimal(rng.randint(5, 250))
+        if kind == "usage":
+            return Decimal(rng.randint(10, 5000) * 1000)
+        if kind == "storage":
+            return Decimal(rng.randint(50, 5000))
+        if kind == "hours":
+            return Decimal(rng.randint(4, 80)) / 2
+        if kind == "few":
+            return Decimal(rng.randint(1, 3))
+        if kind == "units":
+            return Decimal(rng.randint(1, 25))
+        return Decimal(rng.randint(200, 20000))  # kwh
+
+    # ---- tax resolution (the seed document's rules) -----------------------------------------------------
+
+    def _tax_for(self, cust: _Customer, category: _Category | None) -> tuple:
+        """(QuickBooks TaxCodeRef value, percent, fraction, Sequence taxRate text, QuickBooks TaxRateRef or None)."""
+        key = (cust.tax_status, cust.state, category.id if category else None)
+        hit = self._tax_cache.get(key)
+        if hit is not None:
+            return hit
+        if cust.tax_status == "TAXED":
+            # Taxed: the tax category's mapped code; no category (or no mapping) -> the fallback code.
+            code_id = self.tax_code_map.get(category.id, self.fallback.id) if category else self.fallback.id
+        elif cust.tax_status == "TAX_EXEMPT":
+            code_id = self.exempt.id
+        else:
+            code_id = self.reverse_charge.id
+        if self.p.us_sales_tax:
+            if code_id == "TAX" and cust.state_tax is not None:
+                percent, rate_id = cust.state_tax[2], cust.state_tax[1]
+            else:
+                code_id, percent, rate_id = "NON", _ZERO, None
+        else:
+            code = self._code_by_id(code_id)
+            percent, rate_id = code.percent, code.rate_id
+        fraction = percent / _HUNDRED
+        hit = self._tax_cache[key] = (code_id, percent, fraction, _fraction_text(percent), rate_id)
+        return hit
+
+    # ---- choosing what to plant -------------------------------------------------------------------------
+
+    def _plant_invoices(self, plans: list[_InvoicePlan]) -> None:
+        rng = self.rng
+        order = list(plans)
+        rng.shuffle(order)
+        s = self.scale
+
+        def taxable_line(pl: _InvoicePlan) -> bool:
+            return any(self._tax_for(pl.cust, prod.category)[1] > 0 for prod, *_ in pl.lines)
+
+        def issued(pl: _InvoicePlan) -> bool:
+            return pl.status in _ISSUED
+
+        table: list[tuple[str, str | None, str, int, Callable[[_InvoicePlan], bool]]] = [
+            ("invalid", "currency", "xyz", 1, lambda pl: pl.status == "DRAFT"),
+            ("stripe_link_ignored", "payment_status", "stripe", 2 * s,
+             lambda pl: issued(pl) and not pl.paid and pl.provider == "STRIPE"),
+            ("status_differs", "status", "seq_void", 2 * s, lambda pl: pl.status == "VOIDED"),
+            ("status_differs", "status", "qbo_void", 2 * s, lambda pl: issued(pl) and not pl.paid),
+            ("status_differs", "payment_status", "qbo_paid", 2 * s,
+             lambda pl: issued(pl) and not pl.paid and pl.provider != "STRIPE"),
+            ("status_differs", "payment_status", "seq_paid", 2 * s,
+             lambda pl: issued(pl) and pl.paid and pl.provider != "STRIPE"),
+            ("currency_differs", "currency", "currency", 2 * s, lambda pl: issued(pl) and not pl.paid),
+            ("missing_in_app", None, "missing", 2 * s, issued),
+            ("unlinked_candidate", None, "unlinked", 2 * s, issued),
+            ("field_differs", "invoice_date", "invoice_date", s, lambda pl: issued(pl) and pl.acct != pl.issue),
+            ("field_differs", "memo", "memo", s, lambda pl: issued(pl) and pl.memo is not None),
+            ("field_differs", "billing_email", "billing_email", s, lambda pl: pl.status == "SENT"),
+            ("field_differs", "line.tax_code", "line.tax_code", s, lambda pl: issued(pl) and taxable_line(pl)),
+            ("field_differs", "line.item", "line.item", s,
+             lambda pl: issued(pl) and any(prod.item is not None for prod, *_ in pl.lines)),
+            ("field_differs", "due_date", "due_date", s, issued),
+            ("field_differs", "number", "number", s, issued),
+            ("field_differs", "line.description", "line.description", s, issued),
+            ("field_differs", "line.quantity", "line.quantity", s, issued),
+            ("field_differs", "line.rate", "line.rate", s, issued),
+        ]
+        for kind, field, variant, count, eligible in table:
+            picked = 0
+            for plan in order:
+                if picked == count:
+                    break
+                if plan.plant is None and eligible(plan):
+                    plan.plant = (kind, field, variant)
+                    picked += 1
+            if variant == "currency":
+                for plan in plans:
+                    if plan.plant is not None and plan.plant[2] == "currency":
+                        others = [c for c in _QBO_CURRENCY_NAMES if c != plan.cust.currency]
+                        plan.currency = rng.choice(others)
+            elif variant == "xyz":
+                for plan in plans:
+                    if plan.plant is not None and plan.plant[2] == "xyz":
+                        plan.currency = "XYZ"
+
+    def _plan_credit_notes(self, plans: list[_InvoicePlan]) -> None:
+        rng = self.rng
+        candidates = [pl for pl in plans if pl.status in _ISSUED and pl.plant is None]
+        count = min(len(candidates), max(2, round(0.05 * len(candidates))) if candidates else 0)
+        for plan in rng.sample(candidates, count):
+            plan.credit_note = rng.choices(("SENT", "FINAL", "DRAFT"), (60, 30, 10))[0]
+        issued = [pl for pl in candidates if pl.credit_note in _ISSUED]
+        rng.shuffle(issued)
+        self.credit_note_plants: dict[str, str] = {}
+        if self.plant_on:
+            slots = ["missing"] * self.scale + ["number"] * self.scale + ["line.rate"] * self.scale
+            for plan, variant in zip(issued, slots, strict=False):
+                self.credit_note_plants[plan.id] = variant
+
+    # ---- emitting invoices ------------------------------------------------------------------------------
+
+    def _emit_invoice(self, plan: _InvoicePlan, write_invoice: Callable, write_group: Callable,
+                      write_line: Callable) -> None:
+        rng, clock, cust = self.rng, self.clock, plan.cust
+        variant = plan.plant[2] if plan.plant else None
+        synced = plan.status != "DRAFT" and variant not in ("missing", "currency")
+        linked = synced and variant != "unlinked"
+        qbo_id = self._txn_id() if synced else None
+        qbo_create_ts = min(_REF_TS, plan.final_ts + rng.randint(20, 600)) if synced else 0
+        link_value = qbo_id if linked else None
+        # Sequence lines and groups (the tax category lives on the group).
+        groups: dict[str, list] = {}
+        seq_lines = []
+        net_total = tax_total = _ZERO
+        for index, (prod, qty, rate, title) in enumerate(plan.lines):
+            group = groups.get(prod.group)
+            if group is None:  # [id, tax category, net, tax, index, title]
+                group = groups[prod.group] = [_uuid(rng), prod.category, _ZERO, _ZERO, len(groups), prod.group]
+            tax = self._tax_for(cust, prod.category)
+            net = _money(qty * rate)
+            line_tax = _money(net * tax[2])
+            group[2] += net
+            group[3] += line_tax
+            net_total += net
+            tax_total += line_tax
+            line_id = _uuid(rng)
+            record = {
+                "id": line_id, "invoiceId": plan.id, "title": title, "quantity": _plain(qty),
+                "rate": _rate_text(rate), "taxRate": tax[3],
+                "servicePeriod": {"startDate": clock.date(plan.period[0]), "endDate": clock.date(plan.period[1])},
+                "index": index, "groupId": group[0], "netTotal": str(net), "totalTax": str(line_tax),
+                "grossTotal": str(net + line_tax), "rateDisplay": "ABSOLUTE",
+                "externalIds": [{"key": "QuickBooks_Online", "value": f"{link_value}-{index + 1}"}]
+                if link_value else [],
+                "revenueClassification": "EARNED", "productId": prod.id,
+            }
+            seq_lines.append((record, prod, qty, rate, title, tax, net, line_tax, group))
+        gross_total = net_total + tax_total
+        for group_id, category, g_net, g_tax, g_index, title in groups.values():
+            record = {"id": group_id, "invoiceId": plan.id, "title": title, "index": g_index,
+                      "netTotal": str(g_net), "totalTax": str(g_tax), "grossTotal": str(g_net + g_tax)}
+            if category is not None:
+                record["taxCategory"] = {"id": category.id, "name": category.name}
+            write_group(record)
+        for line in seq_lines:
+            write_line(line[0])
+
+        # QuickBooks twin, as the sync wrote it, then bent where a discrepancy is planted.
+        qbo_void = (plan.status == "VOIDED" and variant != "seq_void") or variant == "qbo_void"
+        qbo_paid = not qbo_void and synced and ((plan.paid and variant != "seq_paid")
+                                                or variant in ("qbo_paid", "stripe"))
+        payment_id = None
+        qbo_update_ts = qbo_create_ts
+        if synced:
+            if plan.status == "SENT":
+                qbo_update_ts += rng.randint(5, 60)  # the merchant-email update right after the create
+            if qbo_paid:
+                paid_day = plan.paid_day if plan.paid_day is not None else \
+                    plan.issue + rng.randint(1, _REF_DAY - plan.issue)
+                payment_id, pay_ts = self._bundle_payment(cust, plan.currency, paid_day, qbo_id, plan.issue,
+                                                          qbo_create_ts)
+                qbo_update_ts = max(qbo_update_ts, pay_ts)
+            if qbo_void:
+                qbo_update_ts = max(qbo_update_ts, min(_REF_TS, plan.event_ts + rng.randint(10, 600)))
+            qbo_record, total = self._qbo_invoice(plan, qbo_id, qbo_create_ts, qbo_update_ts, seq_lines, variant,
+                                                  qbo_void, payment_id)
+            if payment_id is not None:
+                self.payment_lines[payment_id].append((qbo_id, total))
+            self._w("quickbooks", "invoice")(qbo_record)
+
+        # The Sequence invoice itself.
+        updated_ts = max(plan.event_ts, plan.created_ts)
+        balance = _ZERO if (plan.paid or plan.status == "VOIDED") else gross_total
+        record: dict[str, Any] = {"id": plan.id, "sequenceAccountId": self.account_id}
+        if cust.schedule_id:
+            record["billingScheduleId"] = cust.schedule_id
+        record["status"] = plan.status
+        record["currency"] = plan.currency
+        if plan.number:
+            record["invoiceNumber"] = plan.number
+        if plan.issue is not None:
+            record["issueDate"] = clock.date(plan.issue)
+        record["dueDate"] = clock.date(plan.due)
+        if plan.po:
+            record["purchaseOrderNumber"] = plan.po
+        if plan.reference:
+            record["reference"] = plan.reference
+        record["customerEmails"] = cust.billing_emails
+        record["customerLegalCompanyName"] = cust.name
+        record["customerBillingAddress"] = cust.address
+        record["customerShippingAddress"] = cust.address
+        if plan.memo:
+            record["memo"] = plan.memo
+        record["paymentOptions"] = ["BANK_TRANSFER", "LINK"] if plan.link else ["BANK_TRANSFER"]
+        record["billingPeriod"] = {"start": clock.date(plan.period[0]), "endInclusive": clock.date(plan.period[1])}
+        record["customerId"] = cust.seq_id
+        record["totalTax"] = str(tax_total)
+        record["netTotal"] = str(net_total)
+        record["grossTotal"] = str(gross_total)
+        record["metadata"] = [{"key": "billing_run", "value": clock.date(plan.period[0])[:7]}] \
+            if cust.schedule_id else []
+        if cust.tax_id:
+            record["customerTaxId"] = cust.tax_id
+        record["paymentStatus"] = "PAID" if plan.paid else "UNPAID"
+        record["createdAt"] = clock.seq(plan.created_ts)
+        record["updatedAt"] = clock.seq(updated_ts)
+        record["creditNoteIds"] = []
+        record["linkedServices"] = [{"externalId": qbo_id, "externalService": "QuickBooks_Online",
+                                     "syncTime": clock.seq(qbo_create_ts),
+                                     "externalUrl": f"{_QBO_SERVICE_URL}/invoice?txnId={qbo_id}"}] if linked else []
+        record["accountingDate"] = clock.date(plan.acct)
+        record["customerTaxStatus"] = cust.tax_status
+        record["renderSettings"] = {"paymentLinkDisplay": "SHOW_PAYMENT_LINK" if plan.link else "HIDE_PAYMENT_LINK"}
+        record["isCustomerArchived"] = cust.archived_ts is not None
+        record["balance"] = str(balance)
+        record["balanceVersion"] = 1 if plan.paid else 0
+        statuses: dict[str, str] = {}
+        if plan.provider == "STRIPE":
+            statuses["stripe"] = "PAID" if plan.paid else "PENDING"
+        elif plan.provider == "GOCARDLESS":
+            statuses["goCardless"] = "PAID" if plan.paid else "PENDING"
+        record["integrationPaymentStatuses"] = statuses
+        record["appliedCreditNotes"] = []
+        record["appliedCreditGrants"] = []
+        record["projectedCreditGrants"] = []
+        allocations = []
+        if plan.paid:
+            paid_ts = plan.paid_ts
+            allocations.append({"paymentId": _uuid(rng), "amount": str(gross_total), "allocatedAt": clock.seq(paid_ts),
+                                "paidAt": clock.seq(paid_ts),
+                                "origin": "STRIPE" if plan.provider == "STRIPE" else "MANUAL"})
+        record["paymentAllocations"] = allocations
+        record["paymentTermDays"] = plan.terms
+        record["dueDateSource"] = "CALCULATED"
+        if plan.credit_note:
+            credit_note_id = _uuid(rng)
+            record["creditNoteIds"] = [credit_note_id]
+            self._emit_credit_note(plan, credit_note_id, seq_lines)
+        write_invoice(record)
+        if plan.settings_record:
+            self._w("sequence", "invoice-payment-settings")({
+                "id": _uuid(rng), "sequenceAccountId": self.account_id, "invoiceId": plan.id,
+                "customerId": cust.seq_id, "paymentProvider": plan.provider or "NONE"})
+        if plan.plant:
+            self._record_invoice_plant(plan, qbo_id, seq_lines)
+
+    def _sales_lines(self, seq_lines: list, variant: str | None) -> tuple[list, str]:
+        """QuickBooks line inputs for Sequence lines, with the planted line change applied; returns a detail."""
+        rng = self.rng
+        out = []
+        for (record, prod, qty, rate, title, tax, _net, _tax, group) in seq_lines:
+            item = prod.item or self.default_item
+            description = f"{group[5]}: {title}"  # the seed's "[line item group]: [line item]"
+            out.append([item, description, qty, rate, tax, record["id"]])
+        detail = ""
+        if variant and variant.startswith("line."):
+            if variant == "line.tax_code":
+                choices = [i for i, line in enumerate(out) if line[4][1] > 0]
+            elif variant == "line.item":
+                choices = [i for i, line in enumerate(out) if line[0] is not self.default_item]
+            else:
+                choices = list(range(len(out)))
+            n = rng.choice(choices)
+            line = out[n]
+            where = f"line {n + 1} (Sequence line {line[5]}, QuickBooks Line.Id {n + 1})"
+            if variant == "line.description":
+                expected = line[1]
+                line[1] = line[1].split(": ", 1)[1]
+                detail = f"{where}: Sequence expects '{expected}', QuickBooks has '{line[1]}'."
+            elif variant == "line.quantity":
+                line[2] = line[2] + 1
+                detail = f"{where}: quantity Sequence {_plain(line[2] - 1)} vs QuickBooks {_plain(line[2])}."
+            elif variant == "line.rate":
+                old = line[3]
+                step = Decimal(1).scaleb(old.as_tuple().exponent)
+                new = max((old * Decimal("1.1")).quantize(step, ROUND_HALF_UP), old + step)
+                line[3] = new
+                detail = f"{where}: rate Sequence {_rate_text(old)} vs QuickBooks {_rate_text(new)}."
+            elif variant == "line.tax_code":
+                old = line[4]
+                new_code = self.zero
+                line[4] = (new_code.id, _ZERO, _ZERO, "0.0", new_code.rate_id)
+                detail = f"{where}: tax code expected {old[0]} vs QuickBooks {new_code.id} ({new_code.name})."
+            elif variant == "line.item":
+                old = line[0]
+                line[0] = rng.choice([it for it in self.mapped_items if it is not old])
+                detail = f"{where}: item expected {old.id} ({old.name}) vs QuickBooks {line[0].id} ({line[0].name})."
+        return out, detail
+
+    def _qbo_invoice(self, plan: _InvoicePlan, qbo_id: str, create_ts: int, update_ts: int, seq_lines: list,
+                     variant: str | None, voided: bool, payment_id: str | None) -> tuple[dict, Decimal]:
+        cust, clock = plan.cust, self.clock
+        lines, plan_detail = self._sales_lines(seq_lines, variant)
+        txn_day = plan.issue if self.p.invoice_date == "issue" else plan.acct
+        due_day = plan.due
+        doc_number = plan.number
+        memo = plan.memo
+        # Once an invoice is sent, Sequence overwrites the bill email with the merchant's so that QuickBooks
+        # does not email the customer a second time; finalized-only invoices carry the primary billing contact.
+        email = self.p.merchant_email if plan.was_sent else cust.primary_email
+        if variant == "due_date":
+            due_day += 14
+            plan_detail = f"dueDate {clock.date(plan.due)} vs DueDate {clock.date(due_day)}."
+        elif variant == "invoice_date":
+            txn_day = plan.acct if self.p.invoice_date == "issue" else plan.issue
+            plan_detail = (f"settings say invoice date = {self.p.invoice_date} date "
+                           f"({clock.date(plan.issue if self.p.invoice_date == 'issue' else plan.acct)}); "
+                           f"QuickBooks TxnDate {clock.date(txn_day)} is the other date.")
+        elif variant == "number":
+            doc_number = f"{plan.number}-1"
+            plan_detail = f"invoiceNumber {plan.number} vs DocNumber {doc_number}."
+        elif variant == "memo":
+            memo = _STALE_MEMO
+            plan_detail = f"memo '{plan.memo}' vs CustomerMemo '{memo}'."
+        elif variant == "billing_email":
+            email = cust.primary_email
+            plan_detail = (f"sent invoice should carry the merchant email {self.p.merchant_email}; QuickBooks "
+                           f"BillEmail is the customer's {email} (QuickBooks would email the customer again).")
+        record, total = self._qbo_sales_doc(
+            "Invoice", qbo_id, doc_number, cust, txn_day, due_day, plan.currency, lines, memo, email,
+            create_ts, update_ts, voided, payment_id, service_day=plan.period[0])
+        plan.plant_detail = plan_detail
+        return record, total
+
+    def _qbo_sales_doc(self, entity: str, qbo_id: str | None, doc_number: str | None, cust: _Customer,
+                       txn_day: int, due_day: int | None, currency: str, lines: list, memo: str | None,
+                       email: str | None, create_ts: int, update_ts: int, voided: bool, payment_id: str | None,
+                       service_day: int | None = None, sync_token: int | None = None) -> tuple[dict, Decimal]:
+        """An Invoice or CreditMemo as QuickBooks returns it; totals recomputed from its own lines."""
+        clock = self.clock
+        us = self.p.us_sales_tax
+        qbo_lines = []
+        subtotal = tax_total = _ZERO
+        tax_lines: dict[str, list] = {}
+        state_code = None
+        for number, (item, description, qty, rate, tax, _seq_id) in enumerate(lines, 1):
+            amount = _ZERO if voided else _money(qty * rate)
+            line_tax = _money(amount * tax[2]) if tax[1] else _ZERO
+            subtotal += amount
+            tax_total += line_tax
+            detail: dict[str, Any] = {}
+            if service_day is not None:
+                detail["ServiceDate"] = clock.date(service_day)
+            detail["ItemRef"] = item.ref
+            detail["UnitPrice"] = float(rate)
+            detail["Qty"] = 0 if voided else _qbo_qty(qty)
+            detail["ItemAccountRef"] = item.account_ref
+            detail["TaxCodeRef"] = {"value": tax[0]}
+            qbo_lines.append({"Id": str(number), "LineNum": number, "Description": description,
+                              "Amount": float(amount), "DetailType": "SalesItemLineDetail",
+                              "SalesItemLineDetail": detail})
+            if tax[4] is not None:
+                bucket = tax_lines.get(tax[4])
+                if bucket is None:
+                    bucket = tax_lines[tax[4]] = [tax[1], _ZERO, _ZERO]
+                bucket[1] += amount
+                bucket[2] += line_tax
+                if us:
+                    state_code = cust.state_tax[0] if cust.state_tax else None
+        qbo_lines.append({"Amount": float(subtotal), "DetailType": "SubTotalLineDetail", "SubTotalLineDetail": {}})
+        total = subtotal + tax_total
+        txn_tax: dict[str, Any] = {}
+        if state_code and not voided:
+            txn_tax["TxnTaxCodeRef"] = {"value": state_code}
+        txn_tax["TotalTax"] = float(tax_total)
+        if tax_lines and not voided:
+            txn_tax["TaxLine"] = [
+                {"Amount": float(b[2]), "DetailType": "TaxLineDetail",
+                 "TaxLineDetail": {"TaxRateRef": {"value": rate_id}, "PercentBased": True,
+                                   "TaxPercent": _qbo_qty(b[0]), "NetAmountTaxable": float(b[1])}}
+                for rate_id, b in tax_lines.items()]
+        if sync_token is None:
+            sync_token = (update_ts > create_ts) + (payment_id is not None) + voided
+        record: dict[str, Any] = {}
+        if qbo_id is not None:
+            record["Id"] = qbo_id
+        record["SyncToken"] = str(sync_token)
+        record["domain"] = "QBO"
+        record["sparse"] = False
+        record["MetaData"] = self._meta(create_ts, update_ts)
+        if doc_number:
+            record["DocNumber"] = doc_number
+        record["TxnDate"] = clock.date(txn_day)
+        if due_day is not None:
+            record["DueDate"] = clock.date(due_day)
+        record["CustomerRef"] = {"value": cust.qbo_id, "name": cust.qbo_name}
+        if email:
+            record["BillEmail"] = {"Address": email}
+        record["BillAddr"] = {"Id": self._next("address"), **(cust.bill_addr_ref or {})}
+        if memo:
+            record["CustomerMemo"] = {"value": memo}
+        record["CurrencyRef"] = {"value": currency, "name": _QBO_CURRENCY_NAMES.get(currency, currency)}
+        rate = Decimal(1)
+        if self.p.multi_currency:
+            rate = self.fx.get((currency, txn_day), Decimal(1))
+            record["ExchangeRate"] = _qbo_qty(rate)
+        record["Line"] = qbo_lines
+        record["TxnTaxDetail"] = txn_tax
+        if not us:
+            record["GlobalTaxCalculation"] = "TaxExcluded"
+        record["ApplyTaxAfterDiscount"] = False
+        balance = _ZERO if (voided or payment_id is not None) else total
+        record["TotalAmt"] = float(total)
+        if entity == "CreditMemo":
+            record["RemainingCredit"] = float(total)
+        record["Balance"] = float(balance)
+        if self.p.multi_currency and currency != self.home:
+            record["HomeTotalAmt"] = float(_money(total * rate))
+            if entity == "Invoice":
+                record["HomeBalance"] = float(_money(balance * rate))
+        record["PrintStatus"] = "NotSet"
+        record["EmailStatus"] = "NotSet"
+        if voided:
+            record["PrivateNote"] = "Voided"
+        if entity == "Invoice":
+            record["LinkedTxn"] = [{"TxnId": payment_id, "TxnType": "Payment"}] if payment_id else []
+        # Customer balance and receivables move with open documents (credits reduce them).
+        sign = -1 if entity == "CreditMemo" else 1
+        cust.qbo_balance += sign * balance
+        self.ar_balance += sign * _money(balance * rate)
+        return record, total
+
+    def _bundle_payment(self, cust: _Customer, currency: str, day: int, invoice_id: str, issue_day: int,
+                        not_before: int) -> tuple[str, int]:
+        """Attach an invoice to a QuickBooks payment; now and then one payment settles two invoices."""
+        rng = self.rng
+        open_bundle = self._open_bundle.get(cust.seq_id)
+        if open_bundle is not None and open_bundle[1] == currency and issue_day <= open_bundle[2] \
+                and open_bundle[3] >= not_before and rng.random() < 0.35:
+            del self._open_bundle[cust.seq_id]
+            return open_bundle[0], open_bundle[3]
+        payment_id = self._txn_id()
+        pay_ts = self._ts_in_day(day, not_before + 60)
+        bundle = [payment_id, currency, day, pay_ts, cust]
+        self.payment_bundles.append(bundle)
+        self.payment_lines[payment_id] = []
+        self._open_bundle[cust.seq_id] = bundle
+        return payment_id, pay_ts
+
+    def _record_invoice_plant(self, plan: _InvoicePlan, qbo_id: str | None, seq_lines: list) -> None:
+        kind, field, variant = plan.plant  # type: ignore[misc]
+        cust = plan.cust
+        detail = plan.plant_detail
+        app = "quickbooks"
+        if variant == "xyz":
+            app = "sequence"
+            field = "currency"
+            detail = "Sequence invoice has currency 'XYZ', which is not an ISO 4217 code."
+        elif variant == "missing":
+            detail = f"{plan.status} invoice {plan.number} was never synced to QuickBooks."
+        elif variant == "unlinked":
+            detail = (f"QuickBooks invoice {qbo_id} has DocNumber {plan.number} and the linked customer, but the "
+                      f"Sequence invoice has no linkedServices entry.")
+        elif variant == "currency":
+            detail = (f"Invoice {plan.number} is in {plan.currency}; its QuickBooks customer {cust.qbo_id} is in "
+                      f"{cust.currency}, so the sync fails and the invoice is absent from QuickBooks.")
+        elif variant == "seq_void":
+            detail = f"Sequence VOIDED; QuickBooks invoice {qbo_id} is still open."
+        elif variant == "qbo_void":
+            detail = f"QuickBooks invoice {qbo_id} is voided; Sequence is {plan.status} and UNPAID."
+        elif variant == "qbo_paid":
+            provider = plan.provider or "none"
+            detail = (f"QuickBooks invoice {qbo_id} is paid (Balance 0); Sequence is UNPAID "
+                      f"(payment link provider: {provider}) -> mark paid in Sequence.")
+        elif variant == "seq_paid":
+            detail = f"Sequence is PAID; QuickBooks invoice {qbo_id} is open with no payment."
+        elif variant == "stripe":
+            detail = (f"QuickBooks invoice {qbo_id} is paid, but the Sequence invoice has a Stripe payment link: "
+                      f"Sequence ignores QuickBooks payment status, so no paid write may be planned.")
+        self._plant("invoice", kind, field, plan.id, qbo_id, detail, app=app)
+
+    # ---- credit notes -----------------------------------------------------------------------------------
+
+    def _emit_credit_note(self, plan: _InvoicePlan, cn_id: str, seq_lines: list) -> None:
+        rng, clock, cust = self.rng, self.clock, plan.cust
+        status = plan.credit_note
+        variant = self.credit_note_plants.get(plan.id)
+        issue = min(_REF_DAY, plan.issue + rng.randint(1, 20))
+        created_ts = self._ts_in_day(issue, plan.final_ts + 60)
+        number = None
+        if status != "DRAFT":
+            self.credit_note_number += 1
+            number = f"CN{self.credit_note_number:05d}"
+        synced = status != "DRAFT" and variant != "missing"
+        qbo_id = self._txn_id() if synced else None
+        qbo_ts = min(_REF_TS, created_ts + rng.randint(20, 600))
+        credited = rng.sample(seq_lines, min(len(seq_lines), rng.choice((1, 1, 2))))
+        credited.sort(key=lambda ln: ln[0]["index"])
+        cn_groups: dict[str, list] = {}
+        cn_lines = []
+        net_total = tax_total = _ZERO
+        for index, (line_rec, prod, qty, rate, title, tax, _n, _t, group) in enumerate(credited):
+            if qty > 1 and qty == qty.to_integral_value() and rng.random() < 0.5:
+                qty = Decimal(rng.randint(1, int(qty) - 1))
+            net = _money(qty * rate)
+            line_tax = _money(net * tax[2])
+            net_total += net
+            tax_total += line_tax
+            g = cn_groups.get(group[0])
+            if g is None:  # keyed by the invoice group it credits: [id, title, net, tax, index]
+                g = cn_groups[group[0]] = [_uuid(rng), group[5], _ZERO, _ZERO, len(cn_groups)]
+            g[2] += net
+            g[3] += line_tax
+            cn_lines.append((line_rec, prod, qty, rate, title, tax, net, line_tax, g, index))
+        write_group = self._w("sequence", "credit-note-line-item-groups")
+        for source_group_id, (gid, gtitle, g_net, g_tax, g_index) in cn_groups.items():
+            write_group({"id": gid, "creditNoteId": cn_id, "lineItemGroupId": source_group_id, "title": gtitle,
+                         "index": g_index, "netTotal": str(g_net), "totalTax": str(g_tax),
+                         "grossTotal": str(g_net + g_tax)})
+        write_line = self._w("sequence", "credit-note-line-items")
+        qbo_inputs = []
+        for (line_rec, prod, qty, rate, title, tax, net, line_tax, g, index) in cn_lines:
+            line_id = _uuid(rng)
+            write_line({
+                "id": line_id, "creditNoteId": cn_id, "groupId": g[0], "lineItemId": line_rec["id"],
+                "title": title, "quantity": _plain(qty), "rate": _rate_text(rate), "taxRate": tax[3],
+                "index": index, "netTotal": str(net), "totalTax": str(line_tax), "grossTotal": str(net + line_tax),
+                "rateDisplay": "ABSOLUTE",
+                "externalIds": [{"key": "QuickBooks_Online", "value": f"{qbo_id}-{index + 1}"}] if qbo_id else [],
+                "servicePeriod": {"start": clock.date(plan.period[0]), "endInclusive": clock.date(plan.period[1])},
+                "revenueClassification": "EARNED", "productId": prod.id})
+            qbo_inputs.append([prod.item or self.default_item, f"{g[1]}: {title}", qty, rate, tax, line_id])
+        gross = net_total + tax_total
+        record: dict[str, Any] = {"id": cn_id, "sequenceAccountId": self.account_id, "status": status,
+                                  "invoiceId": plan.id, "invoiceNumber": plan.number}
+        if cust.schedule_id:
+            record["billingScheduleId"] = cust.schedule_id
+        record["currency"] = plan.currency
+        if status != "DRAFT":
+            record["issueDate"] = clock.date(issue)
+        if number:
+            record["creditNoteNumber"] = number
+        record["customerId"] = cust.seq_id
+        record["customerEmails"] = cust.billing_emails
+        record["customerLegalCompanyName"] = cust.name
+        record["customerBillingAddress"] = cust.address
+        record["customerShippingAddress"] = cust.address
+        record["memo"] = f"Credit against {plan.number}"
+        record["totalTax"] = str(tax_total)
+        record["netTotal"] = str(net_total)
+        record["grossTotal"] = str(gross)
+        record["metadata"] = []
+        if cust.tax_id:
+            record["customerTaxId"] = cust.tax_id
+        record["linkedServices"] = [{"externalId": qbo_id, "externalService": "QuickBooks_Online",
+                                     "syncTime": clock.seq(qbo_ts),
+                                     "externalUrl": f"{_QBO_SERVICE_URL}/creditmemo?txnId={qbo_id}"}] if qbo_id else []
+        record["applicationStatus"] = "UNAPPLIED"
+        record["balance"] = str(gross)
+        record["balanceVersion"] = 0
+        record["applications"] = []
+        record["settings"] = {"generateCashCreditGrant": "DISABLED"}
+        record["accountingDate"] = clock.date(issue)
+        self._w("sequence", "credit-notes")(record)
+        if not synced:
+            if variant == "missing":
+                self._plant("credit_note", "missing_in_app", None, cn_id, None,
+                            f"{status} credit note {number} was never synced to QuickBooks.")
+            return
+        detail = ""
+        doc_number = number
+        if variant == "number":
+            doc_number = f"{number}-1"
+            detail = f"creditNoteNumber {number} vs DocNumber {doc_number}."
+        elif variant == "line.rate":
+            line = qbo_inputs[0]
+            old = line[3]
+            step = Decimal(1).scaleb(old.as_tuple().exponent)
+            line[3] = max((old * Decimal("1.1")).quantize(step, ROUND_HALF_UP), old + step)
+            detail = (f"line 1 (Sequence line {line[5]}, QuickBooks Line.Id 1): rate Sequence {_rate_text(old)} "
+                      f"vs QuickBooks {_rate_text(line[3])}.")
+        email = self.p.merchant_email if status == "SENT" else cust.primary_email
+        txn_day = issue
+        qbo_record, _ = self._qbo_sales_doc("CreditMemo", qbo_id, doc_number, cust, txn_day, None, plan.currency,
+                                            qbo_inputs, record["memo"], email, qbo_ts, qbo_ts, False, None,
+                                            service_day=plan.period[0], sync_token=0)
+        self._w("quickbooks", "creditmemo")(qbo_record)
+        if variant:
+            self._plant("credit_note", "field_differs", variant, cn_id, qbo_id, detail)
+
+    # ---- QuickBooks-only and broken records ------------------------------------------------------------
+
+    def _qbo_only_inputs(self, cust: _Customer) -> list:
+        rng = self.rng
+        lines = []
+        for item in rng.sample(self.mapped_items, rng.choice((1, 2))):
+            prod = item.product
+            tax = self._tax_for(cust, prod.category if prod else None)
+            qty = Decimal(rng.randint(1, 10))
+            rate = (Decimal(rng.randint(50, 900)) * self._price_factor(cust.currency)).quantize(_CENT)
+            lines.append([item, f"{item.name} - ad hoc", qty, rate, tax, None])
+        return lines
+
+    def _emit_qbo_only_invoices(self) -> None:
+        rng = self.rng
+        live = [c for c in self.core if c.archived_ts is None] or self.core
+        write = self._w("quickbooks", "invoice")
+        for _ in range(2 * self.scale):
+            cust = rng.choice(live)
+            day = _REF_DAY - rng.randint(1, 30)
+            ts = self._ts_in_day(day)
+            self.qbo_doc_number += 1
+            qbo_id = self._txn_id()
+            record, _ = self._qbo_sales_doc("Invoice", qbo_id, str(self.qbo_doc_number), cust, day, day + 30,
+                                            cust.currency, self._qbo_only_inputs(cust), None, cust.primary_email,
+                                            ts, ts, False, None)
+            write(record)
+            self._plant("invoice", "missing_in_sequence", None, None, qbo_id,
+                        f"QuickBooks invoice {qbo_id} (DocNumber {self.qbo_doc_number}) for '{cust.qbo_name}' was "
+                        f"created in QuickBooks and has no Sequence counterpart.")
+
+    def _emit_invalid_qbo_invoices(self) -> None:
+        rng = self.rng
+        live = [c for c in self.core if c.archived_ts is None] or self.core
+        write = self._w("quickbooks", "invoice")
+        for broken in ("Id", "TotalAmt"):
+            cust = rng.choice(live)
+            day = _REF_DAY - rng.randint(1, 30)
+            ts = self._ts_in_day(day)
+            self.qbo_doc_number += 1
+            doc_number = str(self.qbo_doc_number)
+            qbo_id = self._txn_id()
+            balance_before = cust.qbo_balance, self.ar_balance
+            record, total = self._qbo_sales_doc("Invoice", qbo_id, doc_number, cust, day, day + 30, cust.currency,
+                                                self._qbo_only_inputs(cust), None, cust.primary_email, ts, ts,
+                                                False, None)
+            cust.qbo_balance, self.ar_balance = balance_before  # broken records do not count
+            if broken == "Id":
+                del record["Id"]
+                self._plant("invoice", "invalid", "Id", None, None,
+                            f"QuickBooks invoice DocNumber={doc_number} has no Id.")
+            else:
+                # A locale-formatted amount: a string, and not a number in any parser.
+                whole, cents = f"{total:.2f}".split(".")
+                record["TotalAmt"] = f"{int(whole):,}".replace(",", ".") + "," + cents
+                self._plant("invoice", "invalid", "TotalAmt", None, qbo_id,
+                            f"QuickBooks invoice {qbo_id} (DocNumber {doc_number}) has TotalAmt "
+                            f"'{record['TotalAmt']}' (a non-numeric string).")
+            write(record)
+
+    # ---- payments, customers, reference data ------------------------------------------------------------
+
+    def _emit_payments(self) -> None:
+        write = self._w("quickbooks", "payment")
+        bank = self.accounts["bank"]
+        for payment_id, currency, day, pay_ts, cust in self.payment_bundles:
+            applied = self.payment_lines[payment_id]
+            total = sum((amount for _, amount in applied), _ZERO)
+            record: dict[str, Any] = {
+                "Id": payment_id, "SyncToken": "0", "domain": "QBO", "sparse": False,
+                "MetaData": self._meta(pay_ts), "TxnDate": self.clock.date(day),
+                "CustomerRef": {"value": cust.qbo_id, "name": cust.qbo_name},
+                "CurrencyRef": {"value": currency, "name": _QBO_CURRENCY_NAMES.get(currency, currency)}}
+            rate = Decimal(1)
+            if self.p.multi_currency:
+                rate = self.fx.get((currency, day), Decimal(1))
+                record["ExchangeRate"] = _qbo_qty(rate)
+            record["TotalAmt"] = float(total)
+            record["UnappliedAmt"] = 0.0
+            record["ProcessPayment"] = False
+            record["PaymentRefNum"] = f"{self.p.payment_ref}-{int(payment_id) * 7 % 100000:05d}"
+            record["DepositToAccountRef"] = bank.ref
+            record["Line"] = [{"Amount": float(amount), "LinkedTxn": [{"TxnId": txn, "TxnType": "Invoice"}]}
+                              for txn, amount in applied]
+            self.bank_balance += _money(total * rate)
+            write(record)
+
+    def _emit_customers(self) -> None:
+        write_seq = self._w("sequence", "customers")
+        write_qbo = self._w("quickbooks", "customer")
+        clock, p = self.clock, self.p
+        for cust in sorted(self.customers, key=lambda c: (c.created_ts, c.seq_id)):
+            if cust.role == "qbo_only":
+                continue
+            record: dict[str, Any] = {"id": cust.seq_id, "createdAt": clock.seq(cust.created_ts),
+                                      "organizations": [], "legalName": cust.name, "address": cust.address}
+            if cust.domain:
+                record["url"] = f"https://{cust.domain}/"
+                record["domain"] = cust.domain
+            if cust.label:
+                record["label"] = cust.label
+            integrations = []
+            if cust.linked:
+                integrations.append({"service": "QuickBooks_Online", "id": cust.qbo_id,
+                                     "lastSynced": clock.seq(cust.qbo_updated_ts), "isPending": False})
+            if cust.stripe_id and cust.role == "core":
+                integrations.append({"service": "Stripe", "id": cust.stripe_id,
+                                     "lastSynced": clock.seq(cust.created_ts + 300), "isPending": False})
+            record["integrationIds"] = integrations
+            if cust.archived_ts:
+                record["archivedAt"] = clock.seq(cust.archived_ts)
+            record["taxStatus"] = cust.tax_status
+            record["contacts"] = cust.contacts
+            record["status"] = "DRAFT" if cust.role == "draft" else "ACTIVE"
+            record["customProperties"] = cust.custom or {}
+            write_seq(record)
+        qbo_customers = [c for c in self.customers if c.qbo_id is not None]
+        qbo_customers.sort(key=lambda c: int(c.qbo_id))  # type: ignore[arg-type]
+        for cust in qbo_customers:
+            created = cust.qbo_created_ts
+            record = {"Id": cust.qbo_id, "SyncToken": str(1 if cust.qbo_updated_ts > created else 0),
+                      "domain": "QBO", "sparse": False, "MetaData": self._meta(created, cust.qbo_updated_ts),
+                      "Taxable": cust.tax_status == "TAXED", "BillAddr": cust.qbo_addr, "Job": False,
+                      "BillWithParent": False, "Balance": float(cust.qbo_balance),
+                      "BalanceWithJobs": float(cust.qbo_balance),
+                      "CurrencyRef": {"value": cust.currency, "name": _QBO_CURRENCY_NAMES[cust.currency]},
+                      "PreferredDeliveryMethod": "Email", "IsProject": False,
+                      "FullyQualifiedName": cust.qbo_name, "CompanyName": cust.qbo_name,
+                      "DisplayName": cust.qbo_name, "PrintOnCheckName": cust.qbo_name,
+                      "Active": cust.archived_ts is None}
+            if cust.qbo_email:
+                record["PrimaryEmailAddr"] = {"Address": cust.qbo_email}
+            if cust.domain:
+                record["WebAddr"] = {"URI": f"https://{cust.domain}/"}
+            if not p.us_sales_tax:
+                code = {"TAXED": self.fallback, "TAX_EXEMPT": self.exempt}.get(cust.tax_status, self.reverse_charge)
+                record["DefaultTaxCodeRef"] = {"value": code.id}
+            write_qbo(record)
+
+    def _write_reference_data(self) -> None:
+        p, clock = self.p, self.clock
+        write = self._w("sequence", "products")
+        for record in self.product_records:
+            write(record)
+        write = self._w("sequence", "tax-categories")
+        for record in self.tax_category_records:
+            write(record)
+        write = self._w("quickbooks", "item")
+        for record in self.item_records:
+            write(record)
+        write = self._w("quickbooks", "taxrate")
+        for record in self.tax_rates:
+            write(record)
+        write = self._w("quickbooks", "taxcode")
+        for record in self.tax_code_records:
+            write(record)
+        write = self._w("quickbooks", "exchangerate")
+        for record in self.fx_records:
+            write(record)
+        line1, city, postcode, state = p.address
+        addr: dict[str, Any] = {"Id": "1", "Line1": line1, "City": city}
+        if state:
+            addr["CountrySubDivisionCode"] = state
+        addr["PostalCode"] = postcode
+        addr["Country"] = p.country
+        meta = self._meta(self.company_start_ts, self._recent_ts(self.company_start_ts))
+        self._w("quickbooks", "companyinfo")({
+            "Id": "1", "SyncToken": "4", "domain": "QBO", "sparse": False, "MetaData": meta,
+            "CompanyName": p.company, "LegalName": p.legal_name, "CompanyAddr": addr,
+            "CustomerCommunicationAddr": addr, "LegalAddr": addr,
+            "CompanyEmailAddr": {"Address": p.merchant_email},
+            "CustomerCommunicationEmailAddr": {"Address": p.merchant_email},
+            "WebAddr": {"URI": f"https://{p.merchant_email.split('@')[1]}/"},
+            "CompanyStartDate": clock.date(self.company_start_ts // _DAY + _EPOCH_ORDINAL),
+            "FiscalYearStartMonth": p.fiscal_month, "Country": p.country, "SupportedLanguages": "en",
+            "DefaultTimeZone": p.timezone, "Email": {"Address": p.merchant_email},
+            "NameValue": [{"Name": "NeoEnabled", "Value": "true"},
+                          {"Name": "IndustryType", "Value": "Software Publishers"},
+                          {"Name": "OfferingSku", "Value": "QuickBooks Online Advanced"}]})
+        tax_prefs: dict[str, Any] = {"UsingSalesTax": True}
+        if p.us_sales_tax:
+            tax_prefs["PartnerTaxEnabled"] = True
+        else:
+            tax_prefs["TaxGroupCodeRef"] = {"value": self.fallback.id}
+        self._w("quickbooks", "preferences")({
+            "Id": "1", "SyncToken": "6", "domain": "QBO", "sparse": False, "MetaData": meta,
+            "AccountingInfoPrefs": {"UseAccountNumbers": True, "TrackDepartments": False,
+                                    "ClassTrackingPerTxn": False, "ClassTrackingPerTxnLine": False,
+                                    "FirstMonthOfFiscalYear": p.fiscal_month, "CustomerTerminology": "Customers"},
+            "SalesFormsPrefs": {"CustomTxnNumbers": True, "AllowDeposit": False, "AllowDiscount": True,
+                                "AllowServiceDate": True, "AllowShipping": False, "AutoApplyCredit": True,
+                                "AutoApplyPayments": True},
+            "TaxPrefs": tax_prefs,
+            "CurrencyPrefs": {"MultiCurrencyEnabled": p.multi_currency, "HomeCurrency": self.qbo_home_ref}})
+
+    def _emit_ledger_accounts(self) -> None:
+        write = self._w("quickbooks", "account")
+        meta = self._meta(self.company_start_ts, self._recent_ts(self.company_start_ts))
+        balances = {"ar": self.ar_balance, "bank": self.bank_balance}
+        for key, number, _name, acc_type, sub_type, classification in _ACCOUNTS:
+            acc = self.accounts[key]
+            balance = float(balances.get(key, _ZERO))
+            write({"Id": acc.id, "SyncToken": "0", "domain": "QBO", "sparse": False, "MetaData": meta,
+                   "Name": acc.name, "SubAccount": False, "FullyQualifiedName": acc.name, "Active": True,
+                   "Classification": classification, "AccountType": acc_type, "AccountSubType": sub_type,
+                   "AcctNum": number, "CurrentBalance": balance, "CurrentBalanceWithSubAccounts": balance,
+                   "CurrencyRef": self.qbo_home_ref})
+
+    # ---- settings ---------------------------------------------------------------------------------------
+
+    def settings(self) -> dict:
+        return {
+            "merchant_email": self.p.merchant_email,
+            "invoice_date": self.p.invoice_date,
+            "tax_codes": dict(self.tax_code_map),
+            "fallback_tax_code": self.fallback.id,
+            "exempt_tax_code": self.exempt.id,
+            "reverse_charge_tax_code": self.reverse_charge.id,
+            "items": self.item_settings,
+            "home_currency": self.home,
+            "multi_currency": self.p.multi_currency,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------
+
+
+_PARALLEL_FROM = 20_000  # below this many invoices, starting worker processes costs more than it saves
+
+
+def _generate_tenant(job: tuple[str, int, int, int, bool, str]) -> tuple[dict, list[Discrepancy], dict]:
+    """One tenant's folder; a top-level function so worker processes can run it."""
+    slug, profile_index, share, seed, discrepancies, out_dir = job
+    tenant = _Tenant(slug, _PROFILES[profile_index], share, seed, discrepancies, Path(out_dir))
+    tenant.run()
+    return tenant.counts, tenant.discrepancies, tenant.settings()
+
+
+def generate(out_dir: Path, *, invoices: int = 300, seed: int = 7, tenants: int = 3,
+             discrepancies: bool = True, workers: int | None = None) -> Manifest:
+    """Write a sandbox fixture set to `out_dir` and return its manifest (also written as manifest.json).
+
+    `invoices` is the total number of Sequence invoices across all tenants. Same arguments, same bytes.
+    With `discrepancies=False` both apps agree everywhere and the manifest lists nothing.
+    `workers`: processes generating tenants side by side (default: one per CPU for large runs, else 1);
+    it never changes the output, since every tenant has its own random stream and folder.
+    """
+    if invoices < 0 or tenants < 1:
+        raise ValueError("invoices must be >= 0 and tenants >= 1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_previous_output(out_dir)
+    slugs = tenant_slugs(tenants)
+    manifest: Manifest = {"seed": seed, "invoices": invoices, "reference_date": REFERENCE_TIME.isoformat(),
+                          "tenants": slugs, "counts": {}, "discrepancies": []}
+    jobs = [(slug, index % 3, invoices // tenants + (1 if index < invoices % tenants else 0), seed, discrepancies,
+             str(out_dir)) for index, slug in enumerate(slugs)]
+    if workers is None:
+        workers = min(len(jobs), os.cpu_count() or 1) if invoices >= _PARALLEL_FROM else 1
+    if workers > 1:
+        # "spawn": safe even when the caller has threads (Dagster, web servers); results come back in job order.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_generate_tenant, jobs))
+    else:
+        results = [_generate_tenant(job) for job in jobs]
+    settings: dict[str, dict] = {}
+    for slug, (counts, planted, tenant_settings) in zip(slugs, results, strict=True):
+        manifest["counts"][slug] = counts
+        manifest["discrepancies"].extend(planted)
+        settings[slug] = tenant_settings
+    (out_dir / "settings.json").write_bytes(orjson.dumps(settings, option=orjson.OPT_INDENT_2) + b"\n")
+    (out_dir / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    return manifest
+
+
+def _remove_previous_output(out_dir: Path) -> None:
+    """Delete tenant folders an earlier run listed in its manifest (and nothing else), so no stale tenant stays."""
+    previous = out_dir / "manifest.json"
+    if not previous.exists():
+        return
+    try:
+        old = orjson.loads(previous.read_bytes())
+    except orjson.JSONDecodeError:
+        return
+    for slug in old.get("tenants", []):
+        folder = out_dir / slug
+        if isinstance(slug, str) and slug and "/" not in slug and folder.is_dir():
+            shutil.rmtree(folder)
+
+
+def main(argv: Seq[str] | None = None) -> int:
+    """CLI: python -m connectors.sandbox.demo_data OUT [--invoices N] [--seed S] [--tenants T] [--clean]."""
+    parser = argparse.ArgumentParser(prog="python -m connectors.sandbox.demo_data",
+                                     description="Write deterministic Sequence + QuickBooks sandbox fixtures.")
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--invoices", type=int, default=300, help="Sequence invoices across all tenants")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--tenants", type=int, default=3)
+    parser.add_argument("--clean", action="store_true", help="plant no discrepancies (both apps agree)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    manifest = generate(args.out, invoices=args.invoices, seed=args.seed, tenants=args.tenants,
+                        discrepancies=not args.clean)
+    elapsed = time.perf_counter() - started
+    print(f"wrote {len(manifest['tenants'])} tenants ({', '.join(manifest['tenants'])}) to {args.out}: "
+          f"{args.invoices} Sequence invoices, {len(manifest['discrepancies'])} planted discrepancies "
+          f"in {elapsed:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,799 @@
+"""The demo-data generator: deterministic, internally consistent, vendor-exact, and honest about what it plants.
+
+The clean fixture is checked with a small reference reconciliation (both apps must agree everywhere), the
+planted one by checking that every manifest entry is visible in the records it names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import xmlschema
+from jsonschema import Draft7Validator
+
+from connectors.sandbox.demo_data import (
+    DISCREPANCY_KINDS,
+    QUICKBOOKS_COLLECTIONS,
+    REFERENCE_TIME,
+    SEQUENCE_COLLECTIONS,
+    WINDOW_DAYS,
+    generate,
+    main,
+    tenant_slugs,
+)
+
+SPECS = Path("/work/shared/specs")
+INVOICES = 270
+SEED = 11
+
+MONEY = re.compile(r"^-?\d+\.\d{2}$")
+DECIMAL_TEXT = re.compile(r"^-?\d+(\.\d+)?$")
+SEQ_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+QBO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}-0[78]:00$")
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+CENT = Decimal("0.01")
+
+Data = dict[str, dict[str, dict[str, list[dict]]]]
+
+
+def _load(root: Path) -> tuple[dict, dict, Data]:
+    manifest = orjson.loads((root / "manifest.json").read_bytes())
+    settings = orjson.loads((root / "settings.json").read_bytes())
+    data: Data = {}
+    for tenant in manifest["tenants"]:
+        data[tenant] = {
+            app: {c: orjson.loads((root / tenant / app / f"{c}.json").read_bytes()) for c in collections}
+            for app, collections in (("sequence", SEQUENCE_COLLECTIONS), ("quickbooks", QUICKBOOKS_COLLECTIONS))
+        }
+    return manifest, settings, data
+
+
+def _round(value: Decimal) -> Decimal:
+    return value.quantize(CENT, ROUND_HALF_UP)
+
+
+def _qd(value: Any) -> Decimal:
+    """A QuickBooks JSON number as Decimal (via str, so 0.1 stays 0.1)."""
+    assert isinstance(value, int | float) and not isinstance(value, bool), value
+    return Decimal(str(value))
+
+
+def _qbo_link(record: dict) -> str | None:
+    for link in record["linkedServices"]:
+        if link["externalService"] == "QuickBooks_Online":
+            return link["externalId"]
+    return None
+
+
+def _customer_link(record: dict) -> str | None:
+    for link in record["integrationIds"]:
+        if link["service"] == "QuickBooks_Online":
+            return link["id"]
+    return None
+
+
+def _invalid_records(manifest: dict) -> set[tuple[str, str, str | None]]:
+    return {(d["tenant"], d["app"], d["app_id"] if d["app"] == "quickbooks" else d["sequence_id"])
+            for d in manifest["discrepancies"] if d["kind"] == "invalid"}
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Data]:
+    root = tmp_path_factory.mktemp("dirty")
+    returned = generate(root, invoices=INVOICES, seed=SEED)
+    loaded = _load(root)
+    assert returned == loaded[0]
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Data]:
+    root = tmp_path_factory.mktemp("clean")
+    generate(root, invoices=INVOICES, seed=SEED, discrepancies=False)
+    return _load(root)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Determinism, layout, counts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_arguments_give_byte_identical_output(tmp_path: Path) -> None:
+    generate(tmp_path / "a", invoices=120, seed=3, tenants=4)
+    generate(tmp_path / "b", invoices=120, seed=3, tenants=4)
+    generate(tmp_path / "c", invoices=120, seed=4, tenants=4)
+    a, b, c = (_tree_bytes(tmp_path / x) for x in "abc")
+    assert a == b
+    assert a.keys() == c.keys() and a != c  # the seed matters
+
+
+def test_parallel_workers_write_the_same_bytes(tmp_path: Path) -> None:
+    generate(tmp_path / "serial", invoices=90, seed=2, workers=1)
+    generate(tmp_path / "parallel", invoices=90, seed=2, workers=3)
+    assert _tree_bytes(tmp_path / "serial") == _tree_bytes(tmp_path / "parallel")
+
+
+def test_tenant_slugs_cycle_profiles_with_suffixes() -> None:
+    assert tenant_slugs(5) == ["acme-uk", "globex-us", "nordwind-de", "acme-uk-2", "globex-us-2"]
+
+
+def test_counts_in_manifest_equal_files(dirty: tuple[dict, dict, Data]) -> None:
+    manifest, settings, data = dirty
+    assert manifest["tenants"] == ["acme-uk", "globex-us", "nordwind-de"] == list(settings)
+    assert manifest["seed"] == SEED and manifest["invoices"] == INVOICES
+    for tenant, apps in data.items():
+        for app, collections in apps.items():
+            assert manifest["counts"][tenant][app] == {c: len(r) for c, r in collections.items()}
+    assert sum(len(apps["sequence"]["invoices"]) for apps in data.values()) == INVOICES
+    for apps in data.values():
+        assert len(apps["quickbooks"]["companyinfo"]) == len(apps["quickbooks"]["preferences"]) == 1
+
+
+def test_rerun_replaces_tenants_of_the_previous_run(tmp_path: Path) -> None:
+    generate(tmp_path, invoices=20, tenants=4)
+    assert (tmp_path / "acme-uk-2").is_dir()
+    generate(tmp_path, invoices=20, tenants=2)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["acme-uk", "globex-us"]
+
+
+def test_cli_writes_a_clean_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(tmp_path), "--invoices", "30", "--seed", "5", "--tenants", "2", "--clean"]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["discrepancies"] == [] and manifest["tenants"] == ["acme-uk", "globex-us"]
+    assert "30 Sequence invoices" in capsys.readouterr().out
+
+
+def test_settings_refer_to_existing_records(clean: tuple[dict, dict, Data]) -> None:
+    _, settings, data = clean
+    for tenant, s in settings.items():
+        seq, qbo = data[tenant]["sequence"], data[tenant]["quickbooks"]
+        assert s["invoice_date"] in ("issue", "accounting")
+        assert s["home_currency"] == qbo["preferences"][0]["CurrencyPrefs"]["HomeCurrency"]["value"]
+        assert s["multi_currency"] == qbo["preferences"][0]["CurrencyPrefs"]["MultiCurrencyEnabled"]
+        codes = {c["Id"]: c for c in qbo["taxcode"]}
+        assert set(s["tax_codes"]) == {c["id"] for c in seq["tax-categories"]}
+        for code in [*s["tax_codes"].values(), s["fallback_tax_code"], s["exempt_tax_code"],
+                     s["reverse_charge_tax_code"]]:
+            assert codes[code]["Active"] is True
+        items = {i["Id"]: i for i in qbo["item"]}
+        accounts = {a["Id"]: a for a in qbo["account"]}
+        products = {p["id"]: p for p in seq["products"]}
+        assert set(s["items"]) == set(products)  # clean: every product is mapped
+        for product_id, mapping in s["items"].items():
+            item = items[mapping["item_id"]]
+            assert item["Name"] == products[product_id]["name"]
+            account = accounts[item["IncomeAccountRef"]["value"]]
+            assert account["AccountType"] == "Income" and account["AcctNum"] == mapping["account_code"]
+        if tenant.startswith("globex-us"):
+            assert set(s["tax_codes"].values()) <= {"TAX", "NON"}
+            assert s["exempt_tax_code"] == s["reverse_charge_tax_code"] == "NON"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Money and totals
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_sequence_money_and_quantities_are_decimal_strings(dirty: tuple[dict, dict, Data]) -> None:
+    _, _, data = dirty
+    for apps in data.values():
+        seq = apps["sequence"]
+        for collection in ("invoices", "line-item-groups", "line-items", "credit-notes",
+                           "credit-note-line-item-groups", "credit-note-line-items"):
+            for record in seq[collection]:
+                for key in ("netTotal", "totalTax", "grossTotal", "balance"):
+                    if key in record:
+                        assert MONEY.match(record[key]), (collection, key, record[key])
+                for key in ("quantity", "rate", "taxRate"):
+                    if key in record:
+                        assert DECIMAL_TEXT.match(record[key]), (collection, key, record[key])
+                for key in ("createdAt", "updatedAt"):
+                    if key in record:
+                        assert SEQ_TIME.match(record[key])
+        for invoice in seq["invoices"]:
+            for allocation in invoice["paymentAllocations"]:
+                assert MONEY.match(allocation["amount"])
+
+
+def _check_sequence_totals(seq: dict[str, list[dict]]) -> None:
+    for parent, groups_c, lines_c, key in (("invoices", "line-item-groups", "line-items", "invoiceId"),
+                                           ("credit-notes", "credit-note-line-item-groups",
+                                            "credit-note-line-items", "creditNoteId")):
+        lines_by: dict[str, list[dict]] = {}
+        for line in seq[lines_c]:
+            quantity, rate = Decimal(line["quantity"]), Decimal(line["rate"])
+            net = Decimal(line["netTotal"])
+            assert net == _round(quantity * rate)
+            assert Decimal(line["totalTax"]) == _round(net * Decimal(line["taxRate"]))
+            assert Decimal(line["grossTotal"]) == net + Decimal(line["totalTax"])
+            lines_by.setdefault(line[key], []).append(line)
+        groups_by: dict[str, list[dict]] = {}
+        for group in seq[groups_c]:
+            groups_by.setdefault(group[key], []).append(group)
+            members = [ln for ln in lines_by[group[key]] if ln["groupId"] == group["id"]]
+            assert members
+            for total in ("netTotal", "totalTax", "grossTotal"):
+                assert Decimal(group[total]) == sum(Decimal(m[total]) for m in members)
+        for record in seq[parent]:
+            lines = lines_by[record["id"]]
+            assert {ln["groupId"] for ln in lines} == {g["id"] for g in groups_by[record["id"]]}
+            for total in ("netTotal", "totalTax", "grossTotal"):
+                assert Decimal(record[total]) == sum(Decimal(ln[total]) for ln in lines), record["id"]
+
+
+def _check_qbo_totals(qbo: dict[str, list[dict]], invalid_ids: set) -> None:
+    totals = {}
+    for entity in ("invoice", "creditmemo"):
+        for doc in qbo[entity]:
+            if doc.get("Id") is None or doc["Id"] in invalid_ids:
+                continue
+            sales = [ln for ln in doc["Line"] if ln["DetailType"] == "SalesItemLineDetail"]
+            (subtotal,) = [ln for ln in doc["Line"] if ln["DetailType"] == "SubTotalLineDetail"]
+            for line in sales:
+                detail = line["SalesItemLineDetail"]
+                assert _qd(line["Amount"]) == _round(_qd(detail["Qty"]) * _qd(detail["UnitPrice"]))
+            assert _qd(subtotal["Amount"]) == sum(_qd(ln["Amount"]) for ln in sales)
+            tax = doc["TxnTaxDetail"]
+            assert _qd(tax["TotalTax"]) == sum((_qd(t["Amount"]) for t in tax.get("TaxLine", [])), Decimal(0))
+            total = _qd(doc["TotalAmt"])
+            assert total == _qd(subtotal["Amount"]) + _qd(tax["TotalTax"])
+            if "HomeTotalAmt" in doc:
+                assert _qd(doc["HomeTotalAmt"]) == _round(total * _qd(doc["ExchangeRate"]))
+            if entity == "invoice":
+                paid = bool(doc["LinkedTxn"])
+                assert _qd(doc["Balance"]) == (0 if paid or doc.get("PrivateNote") == "Voided" else total)
+                totals[doc["Id"]] = total
+    for payment in qbo["payment"]:
+        assert _qd(payment["TotalAmt"]) == sum(_qd(ln["Amount"]) for ln in payment["Line"])
+        for line in payment["Line"]:
+            (linked,) = line["LinkedTxn"]
+            assert linked["TxnType"] == "Invoice" and _qd(line["Amount"]) == totals[linked["TxnId"]]
+
+
+def test_totals_equal_sum_of_lines_on_clean_data(clean: tuple[dict, dict, Data]) -> None:
+    _, _, data = clean
+    for apps in data.values():
+        _check_sequence_totals(apps["sequence"])
+        _check_qbo_totals(apps["quickbooks"], set())
+
+
+def test_each_app_stays_internally_consistent_where_discrepancies_are_planted(
+        dirty: tuple[dict, dict, Data]) -> None:
+    manifest, _, data = dirty
+    invalid = _invalid_records(manifest)
+    for tenant, apps in data.items():
+        _check_sequence_totals(apps["sequence"])
+        _check_qbo_totals(apps["quickbooks"], {i for t, a, i in invalid if t == tenant and a == "quickbooks"})
+
+
+@pytest.mark.parametrize("fixture", ["clean", "dirty"])
+def test_customer_balances_follow_open_documents(fixture: str, request: pytest.FixtureRequest) -> None:
+    manifest, _, data = request.getfixturevalue(fixture)
+    invalid = _invalid_records(manifest)
+    for tenant, apps in data.items():
+        qbo = apps["quickbooks"]
+        open_by: dict[str, Decimal] = {}
+        for doc in qbo["invoice"]:
+            if "Id" not in doc or (tenant, "quickbooks", doc["Id"]) in invalid:
+                continue  # contract-breaking records are not part of QuickBooks' books
+            ref = doc["CustomerRef"]["value"]
+            open_by[ref] = open_by.get(ref, Decimal(0)) + _qd(doc["Balance"])
+        for memo in qbo["creditmemo"]:
+            ref = memo["CustomerRef"]["value"]
+            open_by[ref] = open_by.get(ref, Decimal(0)) - _qd(memo["RemainingCredit"])
+        for customer in qbo["customer"]:
+            assert _qd(customer["Balance"]) == open_by.get(customer["Id"], Decimal(0))
+
+
+def test_timestamps_are_fixed_to_the_reference_time(dirty: tuple[dict, dict, Data]) -> None:
+    """Nothing depends on the clock: every update lies before REFERENCE_TIME, invoices within the window."""
+    _, _, data = dirty
+    window_start = REFERENCE_TIME - timedelta(days=WINDOW_DAYS + 3)
+    for apps in data.values():
+        for invoice in apps["sequence"]["invoices"]:
+            updated = datetime.fromisoformat(invoice["updatedAt"].replace("Z", "+00:00"))
+            assert window_start <= updated <= REFERENCE_TIME
+        for collection in ("invoice", "payment", "creditmemo", "customer", "item"):
+            for record in apps["quickbooks"][collection]:
+                assert QBO_TIME.match(record["MetaData"]["LastUpdatedTime"])
+                updated = datetime.fromisoformat(record["MetaData"]["LastUpdatedTime"])
+                assert updated <= REFERENCE_TIME
+                assert datetime.fromisoformat(record["MetaData"]["CreateTime"]) <= updated
+        recent = [datetime.fromisoformat(r["MetaData"]["LastUpdatedTime"]) for r in apps["quickbooks"]["invoice"]]
+        assert min(recent) >= window_start and max(recent) >= REFERENCE_TIME - timedelta(days=5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The clean fixture: both apps agree (a small reference reconciliation)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _expected_tax_code(settings: dict, customer: dict, group: dict) -> str:
+    if customer["taxStatus"] == "TAX_EXEMPT":
+        return settings["exempt_tax_code"]
+    if customer["taxStatus"] == "REVERSE_CHARGED":
+        return settings["reverse_charge_tax_code"]
+    category = group.get("taxCategory")
+    return settings["tax_codes"].get(category["id"], settings["fallback_tax_code"]) if category \
+        else settings["fallback_tax_code"]
+
+
+def test_clean_fixture_plants_nothing_and_both_apps_agree(clean: tuple[dict, dict, Data]) -> None:
+    manifest, settings, data = clean
+    assert manifest["discrepancies"] == []
+    for tenant, apps in data.items():
+        seq, qbo, s = apps["sequence"], apps["quickbooks"], settings[tenant]
+        qbo_customers = {c["Id"]: c for c in qbo["customer"]}
+        qbo_invoices = {i["Id"]: i for i in qbo["invoice"]}
+        seq_customers = {c["id"]: c for c in seq["customers"]}
+        groups = {g["id"]: g for g in seq["line-item-groups"]}
+        lines_by: dict[str, list[dict]] = {}
+        for line in seq["line-items"]:
+            lines_by.setdefault(line["invoiceId"], []).append(line)
+        provider = {r["invoiceId"]: r["paymentProvider"] for r in seq["invoice-payment-settings"]}
+        product_item = {pid: m["item_id"] for pid, m in s["items"].items()}
+
+        linked_customers = set()
+        for customer in seq["customers"]:
+            qbo_id = _customer_link(customer)
+            if customer["status"] == "DRAFT":
+                assert qbo_id is None  # not approved yet: never synced, and not a discrepancy
+                continue
+            twin = qbo_customers[qbo_id]
+            linked_customers.add(qbo_id)
+            (primary,) = [c for c in customer["contacts"] if c["billingPreference"] == "PRIMARY"]
+            address = customer["address"]
+            assert twin["DisplayName"] == customer["legalName"]
+            assert twin["PrimaryEmailAddr"]["Address"] == primary["email"]
+            assert (twin["BillAddr"]["Line1"], twin["BillAddr"]["City"], twin["BillAddr"]["PostalCode"],
+                    twin["BillAddr"]["Country"], twin["BillAddr"].get("CountrySubDivisionCode")) == \
+                   (address["line1"], address["town"], address["postcode"], address["country"], address.get("state"))
+            assert twin["Active"] is ("archivedAt" not in customer)
+        assert linked_customers == set(qbo_customers)
+
+        linked_invoices = set()
+        for invoice in seq["invoices"]:
+            qbo_id = _qbo_link(invoice)
+            if invoice["status"] == "DRAFT":
+                assert qbo_id is None
+                continue
+            twin = qbo_invoices[qbo_id]
+            linked_invoices.add(qbo_id)
+            customer = seq_customers[invoice["customerId"]]
+            assert twin["CustomerRef"]["value"] == _customer_link(customer)
+            assert twin["DocNumber"] == invoice["invoiceNumber"]
+            date_field = "issueDate" if s["invoice_date"] == "issue" else "accountingDate"
+            assert twin["TxnDate"] == invoice[date_field]
+            assert twin["DueDate"] == invoice["dueDate"]
+            assert twin["CurrencyRef"]["value"] == invoice["currency"] == qbo_customers[
+                twin["CustomerRef"]["value"]]["CurrencyRef"]["value"]
+            assert twin.get("CustomerMemo", {}).get("value") == invoice.get("memo")
+            assert (twin["BillAddr"]["PostalCode"], twin["BillAddr"]["Country"]) == \
+                   (customer["address"]["postcode"], customer["address"]["country"])
+            assert twin["BillEmail"]["Address"] in (s["merchant_email"], invoice["customerEmails"][0])
+            if invoice["status"] == "SENT":
+                assert twin["BillEmail"]["Address"] == s["merchant_email"]
+            if invoice["status"] == "FINAL":
+                assert twin["BillEmail"]["Address"] == invoice["customerEmails"][0]
+            voided = twin.get("PrivateNote") == "Voided"
+            assert voided is (invoice["status"] == "VOIDED")
+            if voided:
+                assert twin["TotalAmt"] == 0
+                continue
+            assert _qd(twin["TotalAmt"]) == Decimal(invoice["grossTotal"])
+            assert _qd(twin["TxnTaxDetail"]["TotalTax"]) == Decimal(invoice["totalTax"])
+            assert (invoice["paymentStatus"] == "PAID") is (twin["Balance"] == 0) is bool(twin["LinkedTxn"])
+            if "LINK" in invoice["paymentOptions"]:
+                assert provider[invoice["id"]] in ("STRIPE", "GOCARDLESS")
+            sales = [ln for ln in twin["Line"] if ln["DetailType"] == "SalesItemLineDetail"]
+            lines = sorted(lines_by[invoice["id"]], key=lambda ln: ln["index"])
+            assert len(sales) == len(lines)
+            for line, q in zip(lines, sales, strict=True):
+                detail = q["SalesItemLineDetail"]
+                group = groups[line["groupId"]]
+                assert line["externalIds"] == [{"key": "QuickBooks_Online", "value": f"{qbo_id}-{q['Id']}"}]
+                assert q["Description"] == f"{group['title']}: {line['title']}"
+                assert _qd(detail["Qty"]) == Decimal(line["quantity"])
+                assert _qd(detail["UnitPrice"]) == Decimal(line["rate"])
+                assert _qd(q["Amount"]) == Decimal(line["netTotal"])
+                assert detail["ItemRef"]["value"] == product_item[line["productId"]]
+                assert detail["TaxCodeRef"]["value"] == _expected_tax_code(s, customer, group)
+        assert linked_invoices == set(qbo_invoices)
+
+        memos = {m["Id"]: m for m in qbo["creditmemo"]}
+        linked_memos = set()
+        for note in seq["credit-notes"]:
+            qbo_id = _qbo_link(note)
+            if note["status"] == "DRAFT":
+                assert qbo_id is None
+                continue
+            linked_memos.add(qbo_id)
+            assert memos[qbo_id]["DocNumber"] == note["creditNoteNumber"]
+            assert _qd(memos[qbo_id]["TotalAmt"]) == Decimal(note["grossTotal"])
+        assert linked_memos == set(memos)
+        paid_qbo = {ln["LinkedTxn"][0]["TxnId"] for p in qbo["payment"] for ln in p["Line"]}
+        assert paid_qbo == {i["Id"] for i in qbo["invoice"] if i["LinkedTxn"]}
+
+
+def test_clean_fixture_uses_every_tax_path(clean: tuple[dict, dict, Data]) -> None:
+    """Taxed, exempt and reverse-charged customers, the fallback code and home-currency conversion all occur."""
+    _, settings, data = clean
+    for tenant, apps in data.items():
+        s, seq, qbo = settings[tenant], apps["sequence"], apps["quickbooks"]
+        assert {c["taxStatus"] for c in seq["customers"]} >= ({"TAXED", "TAX_EXEMPT"} if "us" in tenant
+                                                              else {"TAXED", "TAX_EXEMPT", "REVERSE_CHARGED"})
+        used = {ln["SalesItemLineDetail"]["TaxCodeRef"]["value"] for i in qbo["invoice"] for ln in i["Line"]
+                if ln["DetailType"] == "SalesItemLineDetail"}
+        assert {s["fallback_tax_code"], s["exempt_tax_code"]} <= used
+        assert {"GB", "US", "DE"} & {c["address"]["country"] for c in seq["customers"]}
+        if s["multi_currency"]:
+            assert any("HomeTotalAmt" in i for i in qbo["invoice"]) and qbo["exchangerate"]
+            assert len({i["CurrencyRef"]["value"] for i in qbo["invoice"]}) > 1
+        else:
+            assert not qbo["exchangerate"] and all("ExchangeRate" not in i for i in qbo["invoice"])
+        statuses = {i["status"] for i in seq["invoices"]}
+        assert statuses == {"DRAFT", "FINAL", "SENT", "VOIDED"}
+        assert {i["paymentStatus"] for i in seq["invoices"]} == {"PAID", "UNPAID"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The planted fixture: every manifest entry is real
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Index:
+    def __init__(self, apps: dict[str, dict[str, list[dict]]], settings: dict) -> None:
+        seq, qbo = apps["sequence"], apps["quickbooks"]
+        self.s = settings
+        self.seq = {name: {r["id"]: r for r in seq[name]} for name in
+                    ("customers", "invoices", "credit-notes", "products", "tax-categories")}
+        self.qbo = {name: {r["Id"]: r for r in qbo[name] if "Id" in r} for name in
+                    ("customer", "invoice", "creditmemo", "item", "account", "taxcode")}
+        self.qbo_invoices = qbo["invoice"]
+        self.invoice_numbers = {i.get("invoiceNumber") for i in seq["invoices"]}
+        self.doc_numbers = {i.get("DocNumber") for i in qbo["invoice"]}
+        self.memo_numbers = {m.get("DocNumber") for m in qbo["creditmemo"]}
+        self.lines: dict[str, list[dict]] = {}
+        for line in seq["line-items"]:
+            self.lines.setdefault(line["invoiceId"], []).append(line)
+        self.cn_lines: dict[str, list[dict]] = {}
+        for line in seq["credit-note-line-items"]:
+            self.cn_lines.setdefault(line["creditNoteId"], []).append(line)
+        self.provider = {r["invoiceId"]: r["paymentProvider"] for r in seq["invoice-payment-settings"]}
+        self.linked_customers = {_customer_link(c) for c in seq["customers"]}
+
+
+_SEQ_COLLECTION = {"customer": "customers", "invoice": "invoices", "credit_note": "credit-notes",
+                   "product": "products", "tax_category": "tax-categories"}
+_QBO_COLLECTION = {"customer": "customer", "invoice": "invoice", "credit_note": "creditmemo", "product": "item",
+                   "tax_category": "taxcode"}
+
+
+def _line_differs(seq_lines: list[dict], qbo_doc: dict, field: str, index: _Index) -> bool:
+    sales = [ln for ln in qbo_doc["Line"] if ln["DetailType"] == "SalesItemLineDetail"]
+    for line, q in zip(sorted(seq_lines, key=lambda ln: ln["index"]), sales, strict=True):
+        detail = q["SalesItemLineDetail"]
+        if field == "line.quantity" and _qd(detail["Qty"]) != Decimal(line["quantity"]):
+            return True
+        if field == "line.rate" and _qd(detail["UnitPrice"]) != Decimal(line["rate"]):
+            return True
+        if field == "line.description" and not q["Description"].endswith(": " + line["title"]):
+            return True
+        if field == "line.item" and detail["ItemRef"]["value"] != index.s["items"][line["productId"]]["item_id"]:
+            return True
+        untaxed = {"NON"} | {code for code, record in index.qbo["taxcode"].items() if not record["Taxable"]}
+        if field == "line.tax_code" and Decimal(line["taxRate"]) > 0 and detail["TaxCodeRef"]["value"] in untaxed:
+            return True  # a taxable Sequence line booked under a code that charges no tax
+    return False
+
+
+def _check_invoice_plant(d: dict, index: _Index) -> None:
+    kind, field = d["kind"], d["field"]
+    inv = index.seq["invoices"].get(d["sequence_id"]) if d["sequence_id"] else None
+    doc = index.qbo["invoice"].get(d["app_id"]) if d["app_id"] else None
+    if kind == "invalid":
+        if field == "Id":
+            (number,) = re.findall(r"DocNumber=(\d+)", d["detail"])
+            assert any(i.get("DocNumber") == number and "Id" not in i for i in index.qbo_invoices)
+        elif field == "TotalAmt":
+            assert isinstance(doc["TotalAmt"], str)
+            with pytest.raises(ArithmeticError):
+                Decimal(doc["TotalAmt"])
+        else:
+            assert d["app"] == "sequence" and inv["currency"] == "XYZ"
+        return
+    if kind == "missing_in_sequence":
+        assert doc["DocNumber"] not in index.invoice_numbers
+        return
+    assert inv is not None
+    if kind in ("missing_in_app", "currency_differs"):
+        assert doc is None and inv["status"] in ("FINAL", "SENT") and inv["linkedServices"] == []
+        assert inv["invoiceNumber"] not in index.doc_numbers
+        if kind == "currency_differs":
+            (customer_ref,) = re.findall(r"QuickBooks customer (\d+)", d["detail"])
+            assert index.qbo["customer"][customer_ref]["CurrencyRef"]["value"] != inv["currency"]
+            assert index.seq["customers"][inv["customerId"]]["integrationIds"][0]["id"] == customer_ref
+        return
+    assert doc is not None
+    if kind == "unlinked_candidate":
+        assert inv["linkedServices"] == [] and doc["DocNumber"] == inv["invoiceNumber"]
+        return
+    assert _qbo_link(inv) == doc["Id"]
+    qbo_paid = bool(doc["LinkedTxn"]) and doc["Balance"] == 0
+    if kind == "stripe_link_ignored":
+        assert inv["paymentStatus"] == "UNPAID" and qbo_paid
+        assert "LINK" in inv["paymentOptions"] and index.provider[inv["id"]] == "STRIPE"
+    elif kind == "status_differs" and field == "payment_status":
+        assert (inv["paymentStatus"] == "PAID") != qbo_paid
+        assert index.provider.get(inv["id"]) != "STRIPE"
+    elif kind == "status_differs":
+        assert (inv["status"] == "VOIDED") != (doc.get("PrivateNote") == "Voided")
+    else:
+        assert kind == "field_differs"
+        if field.startswith("line."):
+            assert _line_differs(index.lines[inv["id"]], doc, field, index), d
+        else:
+            seq_value = {"due_date": inv["dueDate"], "memo": inv.get("memo"), "number": inv["invoiceNumber"],
+                         "billing_email": index.s["merchant_email"],
+                         "invoice_date": inv["issueDate" if index.s["invoice_date"] == "issue" else
+                                             "accountingDate"]}[field]
+            app_value = {"due_date": doc["DueDate"], "memo": doc.get("CustomerMemo", {}).get("value"),
+                         "number": doc["DocNumber"], "billing_email": doc["BillEmail"]["Address"],
+                         "invoice_date": doc["TxnDate"]}[field]
+            assert seq_value != app_value, d
+
+
+def _check_customer_plant(d: dict, index: _Index) -> None:
+    kind, field = d["kind"], d["field"]
+    customer = index.seq["customers"].get(d["sequence_id"]) if d["sequence_id"] else None
+    twin = index.qbo["customer"].get(d["app_id"]) if d["app_id"] else None
+    if kind in ("importable", "not_importable"):
+        assert customer is None and twin["Id"] not in index.linked_customers
+        addr = twin.get("BillAddr", {})
+        complete = bool(twin.get("PrimaryEmailAddr")) and all(addr.get(k) for k in ("Line1", "City", "PostalCode")) \
+            and len(addr.get("Country", "")) == 2
+        assert complete is (kind == "importable")
+        return
+    assert customer is not None
+    if kind == "missing_in_app":
+        assert customer["integrationIds"] == [] or _customer_link(customer) is None
+        assert customer["legalName"] not in {c["DisplayName"] for c in index.qbo["customer"].values()}
+    elif kind == "unlinked_candidate":
+        assert _customer_link(customer) is None and twin["DisplayName"] == customer["legalName"]
+    else:
+        assert kind == "field_differs" and _customer_link(customer) == twin["Id"]
+        (primary,) = [c["email"] for c in customer["contacts"] if c["billingPreference"] == "PRIMARY"]
+        pairs = {"name": (customer["legalName"], twin["DisplayName"]),
+                 "billing_email": (primary, twin["PrimaryEmailAddr"]["Address"]),
+                 "billing_address.line1": (customer["address"]["line1"], twin["BillAddr"]["Line1"]),
+                 "billing_address.city": (customer["address"]["town"], twin["BillAddr"]["City"]),
+                 "billing_address.postal_code": (customer["address"]["postcode"], twin["BillAddr"]["PostalCode"])}
+        seq_value, app_value = pairs[field]
+        assert seq_value != app_value
+
+
+def _check_catalog_plant(d: dict, index: _Index) -> None:
+    kind = d["kind"]
+    if d["entity"] == "tax_category":
+        assert kind == "tax_code_unresolved"
+        code = index.s["tax_codes"][d["sequence_id"]]
+        assert code not in index.qbo["taxcode"] or index.qbo["taxcode"][code]["Active"] is False
+        return
+    product = index.seq["products"][d["sequence_id"]]
+    if kind in ("product_unmapped", "item_name_not_unique"):
+        assert product["id"] not in index.s["items"]
+    if kind == "item_name_not_unique":
+        assert index.qbo["item"][d["app_id"]]["Name"] == product["name"]
+    if kind == "item_account_differs":
+        item = index.qbo["item"][index.s["items"][product["id"]]["item_id"]]
+        account = index.qbo["account"][item["IncomeAccountRef"]["value"]]
+        assert account["AcctNum"] != index.s["items"][product["id"]]["account_code"]
+
+
+def test_every_planted_discrepancy_refers_to_existing_records(dirty: tuple[dict, dict, Data]) -> None:
+    manifest, settings, data = dirty
+    ids = [d["id"] for d in manifest["discrepancies"]]
+    assert len(ids) == len(set(ids))
+    indexes = {tenant: _Index(apps, settings[tenant]) for tenant, apps in data.items()}
+    for d in manifest["discrepancies"]:
+        assert set(d) == {"id", "tenant", "app", "entity", "kind", "field", "sequence_id", "app_id", "detail"}
+        assert d["kind"] in DISCREPANCY_KINDS and d["detail"]
+        index = indexes[d["tenant"]]
+        if d["sequence_id"] is not None:
+            assert d["sequence_id"] in index.seq[_SEQ_COLLECTION[d["entity"]]], d
+        if d["app_id"] is not None:
+            assert d["app_id"] in index.qbo[_QBO_COLLECTION[d["entity"]]], d
+        if d["entity"] == "invoice":
+            _check_invoice_plant(d, index)
+        elif d["entity"] == "customer":
+            _check_customer_plant(d, index)
+        elif d["entity"] == "credit_note":
+            note = index.seq["credit-notes"][d["sequence_id"]]
+            if d["kind"] == "missing_in_app":
+                assert note["linkedServices"] == [] and note["creditNoteNumber"] not in index.memo_numbers
+            elif d["field"] == "number":
+                assert index.qbo["creditmemo"][d["app_id"]]["DocNumber"] != note["creditNoteNumber"]
+            else:
+                assert _line_differs(index.cn_lines[note["id"]], index.qbo["creditmemo"][d["app_id"]], d["field"],
+                                     index)
+        else:
+            _check_catalog_plant(d, index)
+
+
+def test_every_kind_is_planted_in_every_tenant(dirty: tuple[dict, dict, Data]) -> None:
+    manifest, _, _ = dirty
+    for tenant in manifest["tenants"]:
+        kinds = [d["kind"] for d in manifest["discrepancies"] if d["tenant"] == tenant]
+        assert set(kinds) == set(DISCREPANCY_KINDS), tenant
+        fields = {d["field"] for d in manifest["discrepancies"] if d["tenant"] == tenant and d["entity"] == "invoice"}
+        assert fields >= {"due_date", "memo", "invoice_date", "number", "billing_email", "line.description",
+                          "line.quantity", "line.rate", "line.tax_code", "line.item", "currency",
+                          "payment_status", "status"}
+        for kind in DISCREPANCY_KINDS:
+            assert kinds.count(kind) >= 2 or kind == "importable" and kinds.count(kind) >= 1, (tenant, kind)
+
+
+def test_each_record_carries_at_most_one_plant(dirty: tuple[dict, dict, Data]) -> None:
+    manifest, _, _ = dirty
+    seen = set()
+    for d in manifest["discrepancies"]:
+        if d["entity"] in ("invoice", "customer", "credit_note") and d["kind"] != "invalid":
+            key = (d["tenant"], d["entity"], d["sequence_id"], d["app_id"])
+            assert key not in seen, d
+            seen.add(key)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Vendor contracts: Sequence OpenAPI schemas, QuickBooks Finance.xsd
+# ---------------------------------------------------------------------------------------------------------------
+
+_SEQUENCE_SCHEMAS = {
+    "customers": "Customer",
+    "invoices": "InvoiceResponse",
+    "line-item-groups": "LineItemGroupResponseModel",
+    "line-items": "Stable20240101LineItemResponse",
+    "credit-notes": "CreditNote",
+    "credit-note-line-item-groups": "ListCreditNoteLineItemGroupEndpointProductListCreditNoteLineItemGroupResponseModel",
+    "credit-note-line-items": "ListCreditNoteLineItemEndpointProductListCreditNoteLineItemResponseModel",
+    "products": "Stable20240730ProductResponse",
+    "tax-categories": "TaxCategoryResponse",
+    "invoice-payment-settings": "GetInvoiceSettingsEndpointProductGetInvoiceSettingsResponseModel",
+}
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict:
+    return orjson.loads((SPECS / "sequence" / "openapi.json").read_bytes())
+
+
+def _unknown_keys(value: Any, schema: dict, spec: dict, path: str) -> list[str]:
+    """Keys the schema does not declare (jsonschema alone would accept them: no additionalProperties: false)."""
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    problems = []
+    if isinstance(value, dict) and "properties" in schema:
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                problems.append(f"{path}.{key}")
+            else:
+                problems += _unknown_keys(item, schema["properties"][key], spec, f"{path}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for n, item in enumerate(value):
+            problems += _unknown_keys(item, schema["items"], spec, f"{path}[{n}]")
+    return problems
+
+
+def test_sequence_records_match_the_openapi_schemas(dirty: tuple[dict, dict, Data], openapi: dict) -> None:
+    manifest, _, data = dirty
+    bad_currency = {d["sequence_id"] for d in manifest["discrepancies"] if d["app"] == "sequence"}
+    for collection, schema_name in _SEQUENCE_SCHEMAS.items():
+        validator = Draft7Validator({"$ref": f"#/components/schemas/{schema_name}",
+                                     "components": openapi["components"]})
+        schema = openapi["components"]["schemas"][schema_name]
+        checked = 0
+        for apps in data.values():
+            for record in apps["sequence"][collection][:60]:
+                errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(record)]
+                if record.get("id") in bad_currency:
+                    assert errors and all("XYZ" in e for e in errors)  # the planted contract break
+                    continue
+                assert not errors, (collection, record.get("id"), errors[:3])
+                assert not _unknown_keys(record, schema, openapi, collection)
+                checked += 1
+        assert checked, collection
+    # The planted XYZ invoice exists in every tenant, further down the files than the sample reaches or not.
+    for apps in data.values():
+        assert any(i["currency"] == "XYZ" for i in apps["sequence"]["invoices"])
+
+
+@pytest.fixture(scope="module")
+def finance_xsd() -> xmlschema.XMLSchema:
+    return xmlschema.XMLSchema(str(SPECS / "quickbooks" / "Finance.xsd"))
+
+
+def _xsd_problems(value: Any, xsd_type: Any, path: str) -> list[str]:
+    """Walks a QuickBooks JSON record against its XSD type: names, nesting, arrays and JSON types."""
+    if xsd_type.is_simple():
+        primitive = xsd_type.primitive_type.local_name
+        if primitive == "decimal":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif primitive == "boolean":
+            ok = isinstance(value, bool)
+        elif primitive == "date":
+            ok = isinstance(value, str) and bool(DATE.match(value))
+        elif primitive == "dateTime":
+            ok = isinstance(value, str) and bool(QBO_TIME.match(value))
+        else:
+            ok = isinstance(value, str)
+        enumeration = getattr(xsd_type, "enumeration", None)
+        if ok and enumeration:
+            ok = value in enumeration
+        return [] if ok else [f"{path}: {value!r} is not a valid {primitive}"]
+    if not isinstance(value, dict):
+        return [f"{path}: expected an object"]
+    problems = []
+    attributes = set(xsd_type.attributes)
+    if xsd_type.has_simple_content():  # ReferenceType, MemoRef: {"value": ..., <attributes>}
+        for key in value:
+            if key not in attributes | {"value"}:
+                problems.append(f"{path}.{key}: not in {xsd_type.name}")
+        return problems
+    elements = {e.local_name: e for e in xsd_type.content.iter_elements()}
+    for key, item in value.items():
+        if key in attributes:
+            continue
+        element = elements.get(key)
+        if element is None:
+            problems.append(f"{path}.{key}: no such element in {xsd_type.local_name}")
+            continue
+        if element.max_occurs is None or element.max_occurs > 1:
+            if not isinstance(item, list):
+                problems.append(f"{path}.{key}: expected an array")
+                continue
+            for n, entry in enumerate(item):
+                problems += _xsd_problems(entry, element.type, f"{path}.{key}[{n}]")
+        else:
+            problems += _xsd_problems(item, element.type, f"{path}.{key}")
+    return problems
+
+
+_QBO_TYPES = {"customer": "Customer", "invoice": "Invoice", "creditmemo": "CreditMemo", "payment": "Payment",
+              "item": "Item", "account": "Account", "taxcode": "TaxCode", "taxrate": "TaxRate",
+              "companyinfo": "CompanyInfo", "preferences": "Preferences", "exchangerate": "ExchangeRate"}
+
+
+def test_quickbooks_records_match_finance_xsd(dirty: tuple[dict, dict, Data],
+                                              finance_xsd: xmlschema.XMLSchema) -> None:
+    manifest, _, data = dirty
+    invalid = _invalid_records(manifest)
+    for tenant, apps in data.items():
+        for collection, type_name in _QBO_TYPES.items():
+            xsd_type = finance_xsd.types[type_name]
+            for record in apps["quickbooks"][collection][:80]:
+                if (tenant, "quickbooks", record.get("Id")) in invalid or "Id" not in record and collection == \
+                        "invoice":
+                    continue
+                assert record.get("domain") == "QBO"
+                assert not _xsd_problems(record, xsd_type, f"{tenant}/{collection}/{record.get('Id')}")
+                if "Id" in record and collection != "taxcode":
+                    assert record["Id"].isdigit()
+
+
+def test_quickbooks_invalid_records_break_the_contract(dirty: tuple[dict, dict, Data],
+                                                       finance_xsd: xmlschema.XMLSchema) -> None:
+    manifest, _, data = dirty
+    for d in manifest["discrepancies"]:
+        if d["kind"] == "invalid" and d["field"] == "TotalAmt":
+            (record,) = [i for i in data[d["tenant"]]["quickbooks"]["invoice"] if i.get("Id") == d["app_id"]]
+            assert _xsd_problems(record, finance_xsd.types["Invoice"], "invoice")
