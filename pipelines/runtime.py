@@ -4,6 +4,7 @@ in-process materializations on a persistent Dagster instance, and read-only SQL.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -18,6 +19,20 @@ DATA = Path("data")
 FIXTURES = DATA / "fixtures"
 REGISTRY = Path(DEFAULT_REGISTRY)
 DEMO_INVOICES = 300
+
+class _QuietArrowHints(logging.Filter):
+    """dlt warns on every page that Arrow's nullability differs from its schema's (its keys are NOT NULL,
+    Polars' columns are nullable); the data is unaffected, so that one message is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "several column hints were different" not in record.getMessage()
+
+
+def quiet_logs() -> None:
+    logging.getLogger("dlt").addFilter(_QuietArrowHints())
+    # httpx logs whole URLs at INFO; keep it to warnings
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
 
 DAGSTER_YAML = """\
 telemetry:
@@ -124,6 +139,7 @@ def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[s
     from pipelines.definitions import defs
 
     os.environ.update(dagster_environment())
+    quiet_logs()
     instance = DagsterInstance.get()
     keys = sync_partitions(instance)
     wanted_apps = set(apps or keys)
@@ -139,7 +155,7 @@ def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[s
             echo(f"[extract] {key} ...")
             result = materialize(
                 [assets_def], instance=instance, partition_key=key, resources=resources, raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
                 tags={"ledgerlink/connection": key},
             )
             results[key] = result.success
@@ -153,7 +169,8 @@ def describe_warehouse(path: Path) -> str:
     with duckdb.connect(str(path), read_only=True) as con:
         tables = con.execute(
             "select table_schema, table_name from information_schema.tables "
-            "where table_schema like 'raw_%' and table_name not like '_dlt%' order by 1, 2"
+            "where table_schema like 'raw_%' and table_schema not like '%_staging' and table_name not like '_dlt%' "
+            "order by 1, 2"
         ).fetchall()
         lines = [f"warehouse {path}:"]
         for schema, table in tables:

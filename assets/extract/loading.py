@@ -113,6 +113,8 @@ def make_pipeline(app: str, tenant: str, warehouse: Path, state_dir: Path, *, de
     os.environ["EXTRACT__NEXT_ITEM_MODE"] = "fifo"
     # Pages differ in which optional fields they carry: let dlt merge their Arrow schemas losslessly.
     os.environ["DATA_WRITER__ARROW_CONCAT_PROMOTE_OPTIONS"] = "default"
+    # merge stages rows in raw_<app>_staging; empty it after each load so the data lives in one place
+    os.environ["LOAD__TRUNCATE_STAGING_DATASET"] = "true"
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     return dlt.pipeline(
         pipeline_name=f"{app}__{tenant.replace('-', '_')}",

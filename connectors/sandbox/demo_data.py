@@ -1254,13 +1254,19 @@ class _Tenant:
         rng, p = self.rng, self.p
         plans = []
         gocardless = 0.0 if p.us_sales_tax else 0.08
-        for i in range(self.n_invoices):
+        n = self.n_invoices
+        # Statuses by quota, not by independent draws, so even a small tenant has every status.
+        statuses: list[str] = []
+        for status, share in (("DRAFT", 0.08), ("VOIDED", 0.05), ("FINAL", 0.17)):
+            statuses += [status] * max(1 if n >= 12 else 0, round(share * n))
+        statuses = statuses[:n] + ["SENT"] * max(0, n - len(statuses))
+        rng.shuffle(statuses)
+        for i in range(n):
             plan = _InvoicePlan()
             plan.id = _uuid(rng)
             cust = plan.cust = rng.pick(self.core, self.cum_weights)
             plan.currency = cust.currency
-            roll = rng.random()
-            plan.status = "DRAFT" if roll < 0.08 else "VOIDED" if roll < 0.13 else "FINAL" if roll < 0.30 else "SENT"
+            plan.status = statuses[i]
             plan.terms = rng.choice((14, 30, 30, 30, 45, 60))
             plan.memo = rng.choice(_MEMOS).format(terms=plan.terms) if rng.random() < 0.55 else None
             plan.po = f"PO-{rng.randint(1000, 99999)}" if rng.random() < 0.3 else None

@@ -341,7 +341,9 @@ class ServedEmulator:
         self.server: BaseWSGIServer = make_server(host, port, emulator, threaded=True, request_handler=_QuietHandler)
         self.server.daemon_threads = True
         self.url = f"http://{host}:{self.server.server_port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name=f"sandbox-{emulator.app}", daemon=True)
+        # a short poll interval so stopping takes milliseconds, not werkzeug's default half second
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"sandbox-{emulator.app}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -490,7 +490,8 @@ def _line_differs(seq_lines: list[dict], qbo_doc: dict, field: str, index: _Inde
             return True
         if field == "line.description" and not q["Description"].endswith(": " + line["title"]):
             return True
-        if field == "line.item" and detail["ItemRef"]["value"] != index.s["items"][line["productId"]]["item_id"]:
+        mapping = index.s["items"].get(line["productId"])  # unmapped products sync with the default item
+        if field == "line.item" and mapping and detail["ItemRef"]["value"] != mapping["item_id"]:
             return True
         untaxed = {"NON"} | {code for code, record in index.qbo["taxcode"].items() if not record["Taxable"]}
         if field == "line.tax_code" and Decimal(line["taxRate"]) > 0 and detail["TaxCodeRef"]["value"] in untaxed:
