@@ -188,14 +188,40 @@ class QuickBooksClient(AppClient):
         concurrency: int = 1,
     ) -> Iterator[bytes]:
         """Like `iter_query`, but yields each page's raw JSON response body (`{"QueryResponse": {"<entity>": [...],
-        …}, "time": …}`) for a loader that parses it itself (e.g. straight into Arrow). Each body has already been
-        checked to parse, so a page damaged in transit is fetched again rather than handed on."""
+        …}, "time": …}`). Each body has been checked to parse, so a page damaged in transit is fetched again."""
 
         def raw(statement: str) -> tuple[bytes, int]:
             response, page = self._query(statement, entity=entity, keep_response=True)
             return response, len(page)
 
         return self._pages(entity, where, order_by, page_size, concurrency, raw)
+
+    def iter_query_decoded(
+        self,
+        entity: str,
+        decode: Callable[[bytes], tuple[P, int]],
+        *,
+        where: str | None = None,
+        order_by: str | None = "Id",
+        page_size: int = MAX_PAGE_SIZE,
+        concurrency: int = 1,
+    ) -> Iterator[P]:
+        """Like `iter_query_raw`, but each body goes through `decode(body) -> (page, rows on the page)` on the
+        thread that fetched it, inside the retry loop: the page is parsed once (e.g. straight into Arrow, off the
+        GIL), and a body `decode` cannot read (it raises ValueError) is fetched again, then reported."""
+
+        def decoded(statement: str) -> tuple[P, int]:
+            def parse(response: httpx.Response) -> tuple[P, int]:
+                try:
+                    return decode(response.content)
+                except ValueError as exc:
+                    raise self.bad_response(response, f"a {entity} query page that could not be read ({exc})",
+                                            retriable=True) from None
+
+            return self.send_parsed("POST", "query", parse, content=statement.encode(),
+                                    headers={"Content-Type": "application/text"}, idempotent=True)
+
+        return self._pages(entity, where, order_by, page_size, concurrency, decoded)
 
     def cdc(self, entities: Iterable[str], changed_since: datetime) -> CdcResult:
         """Records of `entities` changed since `changed_since` (≤ 30 days back). Raises CdcLimitExceeded when the

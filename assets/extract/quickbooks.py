@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dlt
+import polars as pl
 
-from assets.extract.flatten import RecordRules, TableShape, frame_to_tables, read_records, records_frame
+from assets.extract.flatten import PageTables, RecordRules, TableShape, frame_to_tables, read_records, records_frame
 from assets.extract.loading import CURRENCIES, Progress, emit, log, resource_hints, tombstones
 from connectors.quickbooks import CdcLimitExceeded, QuickBooksClient, format_datetime
 
@@ -96,8 +97,16 @@ def _sweep(client: QuickBooksClient, tenant: str, name: str, progress: Progress,
     rows = pages = 0
     if spec.name_list:
         where = " AND ".join(filter(None, ["Active IN (true, false)", where]))
-    for body in client.iter_query_raw(spec.entity, where=where, concurrency=spec.sweep_concurrency):
-        page = frame_to_tables(read_records(body, ("QueryResponse", spec.entity)), spec.shape, tenant, CURRENCIES)
+
+    def decode(body: bytes) -> tuple[PageTables, int]:
+        # runs on the fetching thread: Polars parses off the GIL while the next pages are in flight
+        try:
+            page = frame_to_tables(read_records(body, ("QueryResponse", spec.entity)), spec.shape, tenant, CURRENCIES)
+        except pl.exceptions.PolarsError as exc:
+            raise ValueError(str(exc)) from exc
+        return page, page.rows + len(page.rejected)
+
+    for page in client.iter_query_decoded(spec.entity, decode, where=where, concurrency=spec.sweep_concurrency):
         yield from emit(page, spec.shape, app=APP, tenant=tenant, collection=name)
         rows += page.rows
         pages += 1

@@ -330,7 +330,7 @@ _UK = _Profile(
         _TaxCodeSpec("zero", "0.0% Z", "0", "ZERO_RATE"),
         _TaxCodeSpec("exempt", "Exempt", "0", "ZERO_RATE"),
         _TaxCodeSpec("novat", "No VAT", "0", "ZERO_RATE"),
-        _TaxCodeSpec("rc", "20.0% RC SG", "0", "REVERSE_CHARGE"),
+        _TaxCodeSpec("rc", "Reverse Charge", "0", "REVERSE_CHARGE"),
         _TaxCodeSpec("old", "17.5% S", "17.5", active=False),
     ),
     categories=(
@@ -702,6 +702,11 @@ class _ArrayWriter:
 
 
 class _Tenant:
+    """Generates one tenant: its reference data, customers, invoice plans, plants, then streams every record.
+
+    Order matters for reproducibility: all randomness comes from self.rng, consumed in a fixed sequence.
+    """
+
     def __init__(self, slug: str, profile: _Profile, n_invoices: int, seed: int, plant: bool, out: Path) -> None:
         self.slug = slug
         self.p = profile
@@ -1035,7 +1040,7 @@ class _Tenant:
         self.cum_weights = _cumulative([cust.weight for cust in self.core])
         # Sequence customers still in DRAFT (extracted from a contract, not approved): never synced.
         for _ in range(2):
-            cust = self._new_customer("draft", _REF_TS - rng.randint(1, 20) * _DAY)
+            cust = self._new_customer("draft", _REF_TS - rng.randint(1 * _DAY, 20 * _DAY))
             self.customers.append(cust)
         if not self.plant_on:
             return
@@ -1049,14 +1054,14 @@ class _Tenant:
                     self._plant_customer_field(cust, field)
         for _ in range(2 * self.scale):
             # New in Sequence, never linked or created in QuickBooks.
-            cust = self._new_customer("new", _REF_TS - rng.randint(1, 25) * _DAY)
+            cust = self._new_customer("new", _REF_TS - rng.randint(1 * _DAY, 25 * _DAY))
             self.customers.append(cust)
             self._plant("customer", "missing_in_app", None, cust.seq_id, None,
                         f"'{cust.name}' exists in Sequence only (no QuickBooks link or twin).")
         for _ in range(2 * self.scale):
             # Same company on both sides, but the Sequence customer was never linked.
-            cust = self._new_customer("unlinked", _REF_TS - rng.randint(1, 40) * _DAY)
-            self._twin(cust, cust.created_ts - rng.randint(30, 300) * _DAY)
+            cust = self._new_customer("unlinked", _REF_TS - rng.randint(1 * _DAY, 40 * _DAY))
+            self._twin(cust, cust.created_ts - rng.randint(30 * _DAY, 300 * _DAY))
             self.customers.append(cust)
             self._plant("customer", "unlinked_candidate", None, cust.seq_id, cust.qbo_id,
                         f"'{cust.name}' matches QuickBooks customer {cust.qbo_id} by name and email but "
@@ -1066,7 +1071,7 @@ class _Tenant:
         for field in ("billing_email", "billing_address.country", "billing_address.postal_code"):
             variants += [("not_importable", field)] * self.scale
         for kind, field in variants:
-            cust = self._new_customer("qbo_only", _REF_TS - rng.randint(100, 900) * _DAY)
+            cust = self._new_customer("qbo_only", _REF_TS - rng.randint(100 * _DAY, 900 * _DAY))
             self._twin(cust, cust.created_ts)
             if field == "billing_email":
                 cust.qbo_email = None
@@ -1295,7 +1300,8 @@ class _Tenant:
                 plan.due = issue + plan.terms
                 plan.event_ts = plan.final_ts + (rng.randint(30, 900) if plan.was_sent else 0)
                 age = _REF_DAY - issue
-                if plan.status in _ISSUED and rng.random() < min(0.85, 0.1 + age / 50):
+                # Older invoices are more likely paid: about half of a 60-day window is still open.
+                if plan.status in _ISSUED and rng.random() < min(0.8, 0.05 + age / 60):
                     plan.paid = True
                     plan.paid_day = issue + rng.randint(1, age)
                     plan.paid_ts = self._ts_in_day(plan.paid_day, plan.event_ts)
@@ -1513,8 +1519,7 @@ class _Tenant:
             if qbo_paid:
                 paid_day = plan.paid_day if plan.paid_day is not None else \
                     plan.issue + rng.randint(1, _REF_DAY - plan.issue)
-                payment_id, pay_ts = self._bundle_payment(cust, plan.currency, paid_day, qbo_id, plan.issue,
-                                                          qbo_create_ts)
+                payment_id, pay_ts = self._bundle_payment(cust, plan.currency, paid_day, plan.issue, qbo_create_ts)
                 qbo_update_ts = max(qbo_update_ts, pay_ts)
             if qbo_void:
                 qbo_update_ts = max(qbo_update_ts, min(_REF_TS, plan.event_ts + rng.randint(10, 600)))
@@ -1598,7 +1603,7 @@ class _Tenant:
                 "id": _uuid(rng), "sequenceAccountId": self.account_id, "invoiceId": plan.id,
                 "customerId": cust.seq_id, "paymentProvider": plan.provider or "NONE"})
         if plan.plant:
-            self._record_invoice_plant(plan, qbo_id, seq_lines)
+            self._record_invoice_plant(plan, qbo_id)
 
     def _sales_lines(self, seq_lines: list, variant: str | None) -> tuple[list, str]:
         """QuickBooks line inputs for Sequence lines, with the planted line change applied; returns a detail."""
@@ -1776,7 +1781,7 @@ class _Tenant:
         self.ar_balance += sign * _money(balance * rate)
         return record, total
 
-    def _bundle_payment(self, cust: _Customer, currency: str, day: int, invoice_id: str, issue_day: int,
+    def _bundle_payment(self, cust: _Customer, currency: str, day: int, issue_day: int,
                         not_before: int) -> tuple[str, int]:
         """Attach an invoice to a QuickBooks payment; now and then one payment settles two invoices."""
         rng = self.rng
@@ -1793,7 +1798,7 @@ class _Tenant:
         self._open_bundle[cust.seq_id] = bundle
         return payment_id, pay_ts
 
-    def _record_invoice_plant(self, plan: _InvoicePlan, qbo_id: str | None, seq_lines: list) -> None:
+    def _record_invoice_plant(self, plan: _InvoicePlan, qbo_id: str | None) -> None:
         kind, field, variant = plan.plant  # type: ignore[misc]
         cust = plan.cust
         detail = plan.plant_detail
