@@ -213,6 +213,10 @@ class SequenceClient(AppClient):
     def void_invoice(self, invoice_id: str) -> dict:
         return self.request_json("POST", f"/invoices/{_segment(invoice_id)}/void", idempotent=True)
 
+    def delete_invoice(self, invoice_id: str) -> None:
+        """Deletes a DRAFT (or IN_PROGRESS) invoice; Sequence refuses it for any other status."""
+        self.request("DELETE", f"/invoices/{_segment(invoice_id)}", idempotent=True)
+
     def set_payment_status(self, invoice_id: str, status: str) -> dict:
         if status not in PAYMENT_STATUSES:
             raise ValueError(f"payment status must be one of {', '.join(sorted(PAYMENT_STATUSES))}, not {status!r}")

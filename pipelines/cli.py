@@ -102,6 +102,7 @@ def dev(port: int, invoices: int) -> None:
         process = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-p", str(port)],
                                    env=env, start_new_session=True)
         click.echo(f"[dev] Dagster UI on http://127.0.0.1:{port}  sandbox: {box.urls}  (Ctrl-C stops both)")
+        _stop_on_signals()
         try:
             process.wait()
         except KeyboardInterrupt:
@@ -124,9 +125,20 @@ def sql(query: str, fmt: str, warehouse: Path | None) -> None:
     click.echo(runtime.run_sql(query, warehouse or runtime.warehouse_path(), fmt), nl=False)
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop a long-running command, even when it was started in the background of a
+    script (which starts it with SIGINT ignored, so Python would never raise KeyboardInterrupt)."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _wait_for_interrupt() -> None:
+    _stop_on_signals()
     try:
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -16,9 +16,20 @@ from datetime import UTC, datetime, timedelta
 
 import dlt
 import orjson
+import polars as pl
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
 from assets.extract.flatten import RecordRules, TableShape, column_name, frame_to_tables, records_frame
-from assets.extract.loading import CURRENCIES, Progress, emit, log, resource_hints
+from assets.extract.loading import (
+    CURRENCIES,
+    DELETED_COLUMN,
+    Progress,
+    emit,
+    log,
+    resource_hints,
+    table_hints,
+    tombstones,
+)
 from connectors.sequence import SequenceClient
 
 APP = "sequence"
@@ -64,8 +75,12 @@ def _fingerprint(record: dict) -> str:
     return hashlib.blake2b(orjson.dumps(record, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
 
 
-def _changed(pages: Iterable[list[dict]], collection: Collection, state: dict) -> Iterator[list[dict]]:
-    """Keeps the records that changed since the last run, by updatedAt or by fingerprint."""
+def _changed(pages: Iterable[list[dict]], collection: Collection, state: dict,
+             seen: set[str] | None = None) -> Iterator[list[dict]]:
+    """Keeps the records that changed since the last run, by updatedAt or by fingerprint; every id swept is
+    added to `seen`."""
+    if seen is not None:
+        pages = _noting_ids(pages, seen)
     if collection.changed_by == "updatedAt":
         since = state.get("updated_since")
         for page in pages:
@@ -82,6 +97,16 @@ def _changed(pages: Iterable[list[dict]], collection: Collection, state: dict) -
         yield fresh
 
 
+def _noting_ids(pages: Iterable[list[dict]], seen: set[str]) -> Iterator[list[dict]]:
+    for page in pages:
+        seen.update(str(r["id"]) for r in page if r.get("id"))
+        yield page
+
+
+# Documents Sequence deletes outright (drafts): they can only be seen gone by a sweep that ran to its end.
+SWEPT_FOR_DELETES = ("invoices", "credit-notes")
+
+
 class SequenceReader:
     """Sweeps one Sequence account, remembering which documents changed so their details can be read."""
 
@@ -90,6 +115,7 @@ class SequenceReader:
         self.tenant = tenant
         self.progress = progress
         self.changed_ids: dict[str, list[str]] = {"invoices": [], "credit-notes": []}
+        self.deleted_ids: dict[str, list[str]] = {"invoices": [], "credit-notes": []}
 
     def _pages(self, name: str) -> Iterable[list[dict]]:
         client = self.client
@@ -108,7 +134,8 @@ class SequenceReader:
         state = dlt.current.resource_state()
         started = datetime.now(UTC)
         rows = 0
-        for records in _changed(self._pages(name), spec, state):
+        swept: set[str] = set()
+        for records in _changed(self._pages(name), spec, state, swept):
             if not records:
                 continue
             if name in self.changed_ids:
@@ -116,9 +143,15 @@ class SequenceReader:
             page = frame_to_tables(records_frame(records), spec.shape, self.tenant, CURRENCIES)
             yield from emit(page, spec.shape, app=APP, tenant=self.tenant, collection=name)
             rows += page.rows
+        if name in SWEPT_FOR_DELETES:
+            # reached only when every page was read: a complete sweep, so an id we hold and it lacks was deleted
+            deleted = sorted(_loaded_ids(spec.shape.table, self.tenant) - swept)
+            self.deleted_ids[name] = deleted
+            yield from tombstones(spec.shape, self.tenant, deleted)
         if spec.changed_by == "updatedAt":
             state["updated_since"] = (started - CURSOR_OVERLAP).strftime("%Y-%m-%dT%H:%M:%S")
-        self.progress(f"{APP} {self.tenant} {name}: {rows} changed rows")
+        self.progress(f"{APP} {self.tenant} {name}: {rows} changed rows"
+                      + (f", {len(self.deleted_ids[name])} deleted" if self.deleted_ids.get(name) else ""))
 
     def details(self, name: str) -> Iterator:
         if self.client is None:
@@ -137,6 +170,10 @@ class SequenceReader:
                     yield from emit(page, shape, app=APP, tenant=self.tenant, collection=name,
                                     merge_key=column_name(parent_field))
                     rows += page.rows
+        gone = self.deleted_ids[parent]
+        if gone:  # the details of a deleted document go with it
+            parent_column = column_name(parent_field)
+            yield _detail_tombstones(shape, parent_column, self.tenant, gone)
         self.progress(f"{APP} {self.tenant} {name}: {rows} rows for {len(ids)} changed {parent}")
 
     def _detail_reader(self, name: str) -> Callable[[str], list[dict]]:
@@ -153,6 +190,25 @@ class SequenceReader:
             "credit-note-line-items": client.list_credit_note_lines,
             "credit-note-line-item-groups": client.list_credit_note_groups,
         }[name]
+
+
+def _loaded_ids(table: str, tenant: str) -> set[str]:
+    """The ids of a table already in the warehouse for this tenant (none on a first run)."""
+    try:
+        with dlt.current.pipeline().sql_client() as client:
+            rows = client.execute_sql(f"select id from {client.make_qualified_table_name(table)} where tenant = %s",
+                                      tenant)
+    except DatabaseUndefinedRelation:
+        return set()
+    return {str(row[0]) for row in rows or ()}
+
+
+def _detail_tombstones(shape: TableShape, parent_column: str, tenant: str, parent_ids: list[str]):
+    """Rows that remove every detail row of the given documents: delete-insert on (tenant, parent id)
+    deletes them all, and a hard-deleted row is never inserted."""
+    frame = pl.DataFrame({"tenant": [tenant] * len(parent_ids), parent_column: parent_ids,
+                          "id": [f"deleted:{p}" for p in parent_ids], DELETED_COLUMN: [True] * len(parent_ids)})
+    return dlt.mark.with_hints(frame.to_arrow(), table_hints(shape, parent_column), create_table_variant=True)
 
 
 @dlt.source(name=APP, max_table_nesting=0)

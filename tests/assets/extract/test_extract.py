@@ -125,6 +125,34 @@ def test_second_run_loads_only_changes_and_deletes_come_from_cdc(first_run):
                  [tenant, unpaid["id"]]) == [("PAID",)]
 
 
+def test_a_draft_deleted_in_sequence_goes_only_after_a_complete_sweep(first_run):
+    ext = first_run
+    tenant = ext.registry.tenants[0]
+    key = f"{tenant}.sequence"
+    draft = query(ext.warehouse, "select i.id from raw_sequence.invoices i join raw_sequence.line_items l "
+                                 "on l.tenant = i.tenant and l.invoice_id = i.id where i.tenant = ? and "
+                                 "i.status = 'DRAFT' limit 1", [tenant])[0][0]
+    with ext.resource.client(ext.registry.get(key)) as client:
+        client.delete_invoice(draft)
+    url = ext.box.urls["sequence"]
+    # a sweep cut short (the app fails mid-list) must not be read as "everything else was deleted"
+    httpx.post(f"{url}/_sandbox/faults", json={"kind": "status", "status": 500, "times": -1,
+                                               "path": "/invoices?"}).raise_for_status()
+    try:
+        assert not ext.run(key, raise_on_error=False).success
+    finally:
+        httpx.delete(f"{url}/_sandbox/faults").raise_for_status()
+    assert query(ext.warehouse, "select count(*) from raw_sequence.invoices where tenant = ?", [tenant])[0][0] > 1
+    assert query(ext.warehouse, "select count(*) from raw_sequence.invoices where id = ?", [draft]) == [(1,)]
+    # a complete sweep removes the draft and its lines, and nothing else
+    before = query(ext.warehouse, "select count(*) from raw_sequence.invoices where tenant = ?", [tenant])[0][0]
+    assert ext.run(key).success
+    assert query(ext.warehouse, "select count(*) from raw_sequence.invoices where id = ?", [draft]) == [(0,)]
+    assert query(ext.warehouse, "select count(*) from raw_sequence.line_items where invoice_id = ?", [draft]) == [(0,)]
+    assert query(ext.warehouse, "select count(*) from raw_sequence.invoices where tenant = ?",
+                 [tenant])[0][0] == before - 1
+
+
 def test_a_failing_app_gives_a_clear_error_and_loses_nothing(first_run):
     ext = first_run
     tenant = ext.registry.tenants[1]
