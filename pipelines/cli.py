@@ -122,7 +122,12 @@ def dev(port: int, invoices: int) -> None:
 @click.option("--warehouse", type=click.Path(path_type=Path), default=None, help="Default: $LEDGERLINK_WAREHOUSE or data/warehouse.duckdb.")
 def sql(query: str, fmt: str, warehouse: Path | None) -> None:
     """Run ad-hoc SQL over the warehouse (read-only)."""
-    click.echo(runtime.run_sql(query, warehouse or runtime.warehouse_path(), fmt), nl=False)
+    import duckdb
+
+    try:
+        click.echo(runtime.run_sql(query, warehouse or runtime.warehouse_path(), fmt), nl=False)
+    except (FileNotFoundError, duckdb.Error) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _stop_on_signals() -> None:

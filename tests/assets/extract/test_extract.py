@@ -170,3 +170,19 @@ def test_a_failing_app_gives_a_clear_error_and_loses_nothing(first_run):
     assert "quickbooks" in message and "cdc" in message.lower()
     assert table_count(ext.warehouse, "raw_quickbooks.invoice", tenant) == before
     assert ext.run(key).success  # once the app answers again, the next run picks up where it was
+
+
+def test_no_secret_reaches_the_warehouse_the_state_or_the_run_logs(first_run):
+    ext = first_run
+    secrets = [value for value in ext.box.environment().values() if len(value) >= 8]
+    tokens = ext.resource.token_store()
+    for key in ext.registry.keys("quickbooks"):
+        stored = tokens.get(key) or {}
+        secrets += [stored[k] for k in ("access_token", "refresh_token") if stored.get(k)]
+    assert secrets
+    blobs = [ext.warehouse.read_bytes()]
+    blobs += [p.read_bytes() for p in ext.resource.state.rglob("*") if p.is_file() and p.name != "tokens.json"]
+    for run in ext.instance.get_runs():
+        blobs += [str(entry).encode() for entry in ext.instance.all_logs(run.run_id)]
+    for secret in secrets:
+        assert not any(secret.encode() in blob for blob in blobs), "a secret was written outside the token store"
