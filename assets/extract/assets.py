@@ -15,7 +15,7 @@ from assets.extract.sequence import sequence_source
 from assets.partitions import CONNECTION_PARTITIONS
 from assets.resources import Ledgerlink
 
-WAREHOUSE_POOL = "warehouse"  # DuckDB has one writer per file: every warehouse writer takes this pool (limit 1)
+from assets.warehouse import WAREHOUSE_POOL
 
 
 class RawTranslator(DagsterDltTranslator):
