@@ -23,6 +23,8 @@ def connect(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyC
         raise FileNotFoundError(f"warehouse {path} does not exist; run the extraction first (make demo)")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path), read_only=read_only)
+    # instants come back as UTC whatever the machine's zone (the unified model is UTC throughout)
+    con.execute("set TimeZone = 'UTC'")
     try:
         yield con
     finally:

@@ -62,10 +62,14 @@ CUSTOMERS = _schema("customers", {
     "name": pa.Column(pl.String, nullable=True),
     "email": pa.Column(pl.String, nullable=True, checks=pa.Check.str_matches(EMAIL)),  # the billing contact's
     **_address(),
+    # the app's own country text when it was not an alpha-2 code ("United Kingdom"): `country` holds the code,
+    # but Sequence imports only alpha-2 (the seed), so the importability check needs to know
+    "country_as_sent": pa.Column(pl.String, nullable=True),
     "currency": pa.Column(pl.String, nullable=True, checks=pa.Check.isin(CURRENCIES)),
     "tax_status": pa.Column(pl.String, nullable=True, checks=pa.Check.isin(TAX_STATUSES)),
     "tax_id": pa.Column(pl.String, nullable=True),
     "active": pa.Column(pl.Boolean),
+    "app_status": pa.Column(pl.String, nullable=True),  # the app's own word: Sequence DRAFT customers are never synced
     "links": pa.Column(LINKS, nullable=True),
     "created_at": pa.Column(INSTANT, nullable=True),
     "updated_at": pa.Column(INSTANT, nullable=True),

@@ -69,6 +69,10 @@ def demo(invoices: int, tenants: int) -> None:
         os.environ.update(box.environment())
         results = runtime.materialize_all(echo=click.echo)
     click.echo(runtime.describe_warehouse(runtime.warehouse_path()))
+    report = runtime.report_path()
+    if report.exists():
+        click.echo(f"[demo] data-quality report: {report.resolve()}")
+        _screenshot(report)
     failed = [key for key, ok in results.items() if not ok]
     click.echo(f"[demo] done in {time.perf_counter() - started:.1f} s. Warehouse: {runtime.warehouse_path()}  "
                f"(try: ledgerlink sql \"select tenant, count(*) from raw_quickbooks.invoice group by 1\")")
@@ -114,6 +118,38 @@ def dev(port: int, invoices: int) -> None:
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Default: reports/data_quality.html beside the warehouse.")
+@click.option("--warehouse", type=click.Path(path_type=Path), default=None,
+              help="Default: $LEDGERLINK_WAREHOUSE or data/warehouse.duckdb.")
+@click.option("--screenshot", is_flag=True, help="Also save a PNG of the page beside it (needs /usr/bin/chromium).")
+def report(out: Path | None, warehouse: Path | None, screenshot: bool) -> None:
+    """Build the data-quality report from the current warehouse (read-only, without Dagster); print where it is
+    and a summary per tenant."""
+    from assets.reports.report import summary_lines
+
+    try:
+        built = runtime.write_report(out=out, warehouse=warehouse)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report: {built.path}  ({built.seconds:.1f} s)")
+    for line in summary_lines(built.report):
+        click.echo(f"  {line}")
+    if screenshot:
+        _screenshot(built.path)
+
+
+def _screenshot(html: Path) -> None:
+    from assets.reports.screenshot import can_screenshot, screenshot
+
+    why_not = can_screenshot()
+    if why_not:
+        click.echo(f"no screenshot: {why_not}")
+        return
+    click.echo(f"screenshot: {screenshot(html, html.with_suffix('.png'))}")
 
 
 @main.command()

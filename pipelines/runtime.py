@@ -48,6 +48,12 @@ def warehouse_path() -> Path:
     return Path(os.environ.get("LEDGERLINK_WAREHOUSE") or DEFAULT_WAREHOUSE)
 
 
+def report_path() -> Path:
+    from assets.reports.assets import default_report_path
+
+    return default_report_path(warehouse_path())
+
+
 def state_dir() -> Path:
     return Path(os.environ.get("LEDGERLINK_STATE_DIR") or DEFAULT_STATE_DIR)
 
@@ -131,11 +137,14 @@ def sync_partitions(instance=None) -> dict[str, list[str]]:
 
 def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[str] | None = None,
                     echo: Callable[[str], None] = print) -> dict[str, bool]:
-    """Materializes each app's extraction assets for each connection, one run per connection, recorded in the
-    persistent Dagster instance (so the UI shows them). A failing connection does not stop the others."""
+    """Materializes each app's extraction assets for each connection, one run per connection, then the unified
+    model in one run (`results["unified"]`), recorded in the persistent Dagster instance (so the UI shows them).
+    A failing connection does not stop the others."""
     from dagster import DagsterInstance, materialize
 
     from assets.extract.assets import raw_quickbooks, raw_sequence
+    from assets.reconcile.assets import RECONCILE_ASSETS
+    from assets.unified.assets import UNIFIED_ASSETS
     from pipelines.definitions import defs
 
     os.environ.update(dagster_environment())
@@ -160,7 +169,70 @@ def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[s
             )
             results[key] = result.success
             echo(f"[extract] {key} {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
+    # the unified model is rebuilt from whatever raw holds, every tenant in one run (unpartitioned)
+    echo("[unified] all tenants ...")
+    result = materialize(UNIFIED_ASSETS, instance=instance, resources=resources, raise_on_error=False,
+                         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+    results["unified"] = result.success
+    echo(f"[unified] {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
+    # links, then mismatches, from the unified tables (every tenant in one run)
+    echo("[reconcile] all tenants ...")
+    result = materialize(RECONCILE_ASSETS, instance=instance, resources=resources, raise_on_error=False,
+                         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+    results["reconcile"] = result.success
+    echo(f"[reconcile] {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
+    # keep last: the checks and the report read what every step above wrote
+    results.update(check_and_report(instance, resources, echo))
     return results
+
+
+def check_and_report(instance, resources, echo: Callable[[str], None] = print) -> dict[str, bool]:
+    """The data-quality checks of the unified tables in a run of their own, then the report in another (it
+    shows what the checks quarantined). A failing check is a finding, not a failure here: its rows are in
+    reconcile.quarantine and in the report; only a check that could not run fails `results["checks"]`. (In a
+    run that also materializes what depends on a checked table, a failing blocking check holds that back.)"""
+    from dagster import AssetSelection, materialize
+
+    from assets.quality.asset_checks import QUALITY_CHECKS
+    from assets.reports.assets import REPORT_ASSETS
+    from assets.unified.assets import UNIFIED_ASSETS
+
+    logs = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    echo("[checks] data quality of the unified tables ...")
+    # failing blocking checks fail their steps by design: keep their tracebacks off the console, say it below
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    checked = materialize([*UNIFIED_ASSETS, *QUALITY_CHECKS], selection=AssetSelection.checks(*QUALITY_CHECKS),
+                          instance=instance, resources=resources, raise_on_error=False, run_config=quiet)
+    evaluations = checked.get_asset_check_evaluations()
+    failed = sorted(f"{e.asset_key.path[-1]}.{e.check_name} ({e.metadata['failing_rows'].value})"
+                    for e in evaluations if not e.passed)
+    broken = [f for f in checked.get_step_failure_events()
+              if f.step_failure_data.error.cls_name != "DagsterAssetCheckFailedError"]
+    echo(f"[checks] {len(evaluations) - len(failed)} of {len(evaluations)} passed"
+         + (f"; failing rows quarantined in reconcile.quarantine: {', '.join(failed)}" if failed else "")
+         + ("; SOME CHECKS COULD NOT RUN (see the run in the Dagster UI)" if broken else ""))
+    for failure in broken:
+        echo(f"[checks] {failure.step_key}: {failure.step_failure_data.error.message.strip()}")
+    echo("[report] data-quality report ...")
+    reported = materialize(REPORT_ASSETS, instance=instance, resources=resources, raise_on_error=False,
+                           run_config=logs)
+    path = next((e.materialization.metadata["path"].value for e in reported.get_asset_materialization_events()
+                 if "path" in e.materialization.metadata), None)
+    echo(f"[report] {path}" if reported.success else "[report] FAILED (see the run in the Dagster UI)")
+    return {"checks": not broken, "report": reported.success}
+
+
+def write_report(*, out: Path | None = None, warehouse: Path | None = None):
+    """`ledgerlink report`: the data-quality report from the current warehouse, without Dagster."""
+    from assets.reports.assets import write_report as build
+    from connectors.registry import RegistryError
+
+    registry_path = Path(os.environ.get("LEDGERLINK_REGISTRY") or REGISTRY)
+    try:
+        registry = load_registry(registry_path)
+    except RegistryError:
+        registry = None  # links then point at the vendors' web apps
+    return build(warehouse or warehouse_path(), out, registry=registry)
 
 
 def describe_warehouse(path: Path) -> str:

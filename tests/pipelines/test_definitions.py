@@ -8,7 +8,7 @@ def test_definitions_load_with_every_raw_asset_partitioned_per_connection():
     assert AssetKey(["raw_quickbooks", "invoice"]) in keys
     assert AssetKey(["raw_sequence", "line_items"]) in keys
     graph = defs.resolve_asset_graph()
-    for key in keys:
+    for key in (k for k in keys if k.path[0].startswith("raw_")):
         partitions = graph.get(key).partitions_def
         assert partitions is not None and partitions.name.endswith("_connections")
 

@@ -1,3 +1,6 @@
+"""Fixtures shared by every test folder: generated demo fixtures and an extraction set-up (a sandbox serving
+them, a registry naming its secrets, a temporary warehouse and an ephemeral Dagster instance)."""
+
 import os
 from pathlib import Path
 
@@ -47,6 +50,18 @@ class Extraction:
         assets_def = raw_quickbooks if key.endswith(".quickbooks") else raw_sequence
         return materialize([assets_def], instance=self.instance, partition_key=key, raise_on_error=raise_on_error,
                            resources={"dlt": DagsterDltResource(), "ledgerlink": self.resource})
+
+    def extract_all(self) -> None:
+        """Every connection of the registry, one materialization each."""
+        for key in self.registry.keys():
+            assert self.run(key).success, key
+
+    def run_unified(self, *, raise_on_error: bool = True):
+        """The unified model, rebuilt from this warehouse's raw layer (one unpartitioned run)."""
+        from assets.unified.assets import UNIFIED_ASSETS
+
+        return materialize(UNIFIED_ASSETS, instance=self.instance, raise_on_error=raise_on_error,
+                           resources={"ledgerlink": self.resource})
 
     def fixture_records(self, tenant: str, app: str, collection: str) -> list[dict]:
         path = self.fixture_dir / tenant / app / f"{collection}.json"

@@ -1,0 +1,197 @@
+"""Thin Dagster assets `reconcile/links` and `reconcile/mismatches` (group "reconcile"): read the unified tables
+and the tenants' settings, run links.py / mismatches.py, replace the reconcile tables, and report counts as
+metadata (a markdown table, and numbers per kind that the Dagster UI plots over runs).
+
+Unpartitioned like the unified model they read: reconciliation needs every app's rows of a tenant side by side,
+and all tenants take seconds.
+"""
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
+
+from assets.reconcile.links import LINKS_SCHEMA, METHODS, MISMATCH_SCHEMA, build_links
+from assets.reconcile.mismatches import ACTIONABLE_KINDS, KINDS, empty_mismatches, find_mismatches, invalid_records
+from assets.reconcile.quickbooks import APP_SPECS
+from assets.reconcile.rules import settings_frames
+from assets.resources import Ledgerlink
+from assets.warehouse import WAREHOUSE_POOL, connect, read_table, replace_tables, table_exists
+from checks.unified import MODEL, empty
+from connectors.registry import Registry
+
+GROUP = "reconcile"
+LINKS_TABLE = "reconcile.links"
+MISMATCHES_TABLE = "reconcile.mismatches"
+HISTORY_TABLE = "reconcile.mismatch_history"  # counts per run: tenant, app, kind, count, at
+OUTBOX_TABLE = "writeback.outbox"
+QUARANTINE_TABLES = ("unified.quarantine", "reconcile.quarantine")
+UNIFIED_INPUTS = ("customers", "invoices", "invoice_lines", "credit_notes", "credit_note_lines", "products",
+                  "accounts", "tax_codes")
+LINKS_KEY = AssetKey([GROUP, "links"])
+MISMATCHES_KEY = AssetKey([GROUP, "mismatches"])
+HISTORY_SCHEMA = {"tenant": pl.String(), "app": pl.String(), "kind": pl.String(), "count": pl.Int64(),
+                  "at": pl.Datetime("us", "UTC")}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plain functions (the assets are wrappers around these)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def conform(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """A unified table with exactly its contract's columns and types (absent table -> no rows; a column the
+    warehouse does not have yet -> nulls), so the reconciliation never depends on what happened to be written."""
+    if frame.width == 0:
+        return empty(table)
+    columns = {name: column.dtype.type for name, column in MODEL[table].columns.items()}
+    return frame.select([pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+                         for name, dtype in columns.items()])
+
+
+def read_unified(con: duckdb.DuckDBPyConnection) -> dict[str, pl.LazyFrame]:
+    return {table: conform(table, read_table(con, f"unified.{table}")).lazy() for table in UNIFIED_INPUTS}
+
+
+def read_optional(con: duckdb.DuckDBPyConnection, qualified: str) -> pl.LazyFrame | None:
+    return read_table(con, qualified).lazy() if table_exists(con, qualified) else None
+
+
+def app_settings(registry: Registry) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """app -> tenant -> that connection's integration settings, for the apps reconciliation knows."""
+    return {app: {c.tenant: dict(c.settings) for c in registry.for_app(app)}
+            for app in APP_SPECS if registry.for_app(app)}
+
+
+def compute_links(unified: Mapping[str, pl.LazyFrame], settings: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
+                  outbox: pl.LazyFrame | None = None, linked_at: datetime) -> pl.DataFrame:
+    frames = {app: settings_frames(by_tenant) for app, by_tenant in settings.items()}
+    links = build_links(unified, settings=frames, outbox=outbox, linked_at=linked_at)
+    return (links.join(connected_apps(settings).lazy(), on=["tenant", "app"], how="semi")
+            .sort("tenant", "app", "entity", "sequence_id", "app_id").collect())
+
+
+def compute_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame,
+                       settings: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
+                       quarantine: pl.LazyFrame | None = None) -> pl.DataFrame:
+    """Every app's mismatches plus the records that failed a contract, in a stable order."""
+    parts = [find_mismatches(unified, links, settings_frames(by_tenant), APP_SPECS[app])
+             for app, by_tenant in settings.items()]
+    if quarantine is not None:
+        parts.append(invalid_records(quarantine))
+    frame = pl.concat(parts, how="vertical") if parts else empty_mismatches()
+    return (frame.select(list(MISMATCH_SCHEMA)).cast(MISMATCH_SCHEMA)
+            .sort("tenant", "app", "entity", "kind", "sequence_id", "app_id", "field", nulls_last=True)
+            .collect())
+
+
+def history_rows(mismatches: pl.DataFrame, connected: pl.DataFrame, at: datetime) -> pl.DataFrame:
+    """This run's counts per (tenant, app, kind) for every connected tenant and every kind, zeros included, so a
+    run that found nothing still shows in the history."""
+    grid = connected.join(pl.DataFrame({"kind": list(KINDS)}), how="cross")
+    counts = mismatches.group_by("tenant", "app", "kind").len("count")
+    return (pl.concat([grid, counts.select("tenant", "app", "kind")], how="vertical").unique()
+            .join(counts, on=["tenant", "app", "kind"], how="left", validate="1:1")
+            .select("tenant", "app", "kind", pl.col("count").fill_null(0).cast(pl.Int64),
+                    pl.lit(at, HISTORY_SCHEMA["at"]).alias("at"))
+            .sort("tenant", "app", "kind"))
+
+
+def connected_apps(settings: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pl.DataFrame:
+    return pl.DataFrame([(tenant, app) for app, by_tenant in settings.items() for tenant in by_tenant],
+                        schema={"tenant": pl.String, "app": pl.String}, orient="row")
+
+
+def _markdown(frame: pl.DataFrame, keys: list[str]) -> str:
+    counts = frame.group_by(keys).len("rows").sort(keys)
+    if counts.height == 0:
+        return "_no rows_"
+    lines = ["| " + " | ".join([*keys, "rows"]) + " |", "|" + "---|" * (len(keys) + 1)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in counts.iter_rows()]
+    return "\n".join(lines)
+
+
+def _by(frame: pl.DataFrame, column: str) -> dict[str, int]:
+    return dict(frame.group_by(column).len().iter_rows()) if frame.height else {}
+
+
+def links_metadata(links: pl.DataFrame) -> dict[str, Any]:
+    by_method, by_entity = _by(links, "method"), _by(links, "entity")
+    metadata: dict[str, Any] = {
+        "links_total": MetadataValue.int(links.height),
+        "links": MetadataValue.md(_markdown(links, ["tenant", "app", "entity", "method"])),
+    }
+    metadata.update({f"links_{m}": MetadataValue.int(by_method.get(m, 0)) for m in METHODS})
+    metadata.update({f"links_{e}": MetadataValue.int(n) for e, n in sorted(by_entity.items())})
+    return metadata
+
+
+def mismatches_metadata(mismatches: pl.DataFrame) -> dict[str, Any]:
+    by_kind, by_tenant = _by(mismatches, "kind"), _by(mismatches, "tenant")
+    actionable = mismatches.filter(pl.col("kind").is_in(sorted(ACTIONABLE_KINDS))
+                                   & (pl.col("proposed_action") != "none")).height
+    metadata: dict[str, Any] = {
+        "mismatches_total": MetadataValue.int(mismatches.height),
+        "mismatches_actionable": MetadataValue.int(actionable),
+        "mismatches": MetadataValue.md(_markdown(mismatches, ["tenant", "app", "entity", "kind"])),
+    }
+    # every kind, zeros included, so each has a continuous history in the UI
+    metadata.update({f"mismatches_{k}": MetadataValue.int(by_kind.get(k, 0)) for k in KINDS})
+    metadata.update({f"mismatches_{k}": MetadataValue.int(n) for k, n in by_kind.items() if k not in KINDS})
+    metadata.update({f"mismatches_tenant_{t}": MetadataValue.int(n) for t, n in sorted(by_tenant.items())})
+    return metadata
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Assets
+# ----------------------------------------------------------------------------------------------------------
+
+_UNIFIED_DEPS = [AssetKey(["unified", table]) for table in UNIFIED_INPUTS]
+
+
+@asset(key=LINKS_KEY, group_name=GROUP, pool=WAREHOUSE_POOL, deps=_UNIFIED_DEPS, kinds={"polars", "duckdb"},
+       description="reconcile.links: each Sequence record and its twin in a connected app (tenant, app, entity, "
+                   "sequence_id, app_id, method, linked_at), from what Sequence stores, the settings' mappings "
+                   "and confirmed write-backs. Match candidates are proposed in reconcile.mismatches, never "
+                   "linked here.")
+def reconcile_links(context: AssetExecutionContext, ledgerlink: Ledgerlink) -> MaterializeResult:
+    settings = app_settings(ledgerlink.registry())
+    with connect(ledgerlink.warehouse, read_only=True) as con:
+        unified = read_unified(con)
+        outbox = read_optional(con, OUTBOX_TABLE)
+        links = compute_links(unified, settings, outbox=outbox, linked_at=datetime.now(UTC))
+    replace_tables(ledgerlink.warehouse, {LINKS_TABLE: links})
+    context.log.info(f"{LINKS_TABLE}: {links.height} links")
+    return MaterializeResult(metadata=links_metadata(links))
+
+
+@asset(key=MISMATCHES_KEY, group_name=GROUP, pool=WAREHOUSE_POOL, deps=[LINKS_KEY, *_UNIFIED_DEPS],
+       kinds={"polars", "duckdb"},
+       description="reconcile.mismatches: one row per disagreement between Sequence and a connected app (tenant, "
+                   "app, entity, sequence_id, app_id, kind, field, sequence_value, app_value, proposed_action, "
+                   "reason), following the seed's field table and rules; counts per run in "
+                   "reconcile.mismatch_history.")
+def reconcile_mismatches(context: AssetExecutionContext, ledgerlink: Ledgerlink) -> MaterializeResult:
+    settings = app_settings(ledgerlink.registry())
+    at = datetime.now(UTC)
+    with connect(ledgerlink.warehouse, read_only=True) as con:
+        unified = read_unified(con)
+        links = read_table(con, LINKS_TABLE)
+        links = (links if links.width else pl.DataFrame(schema=LINKS_SCHEMA)).lazy()
+        quarantines = [q for q in (read_optional(con, name) for name in QUARANTINE_TABLES) if q is not None]
+        quarantine = pl.concat([q.select("tenant", "app", "entity", "id", "check", "field", "reason")
+                                for q in quarantines], how="vertical_relaxed") if quarantines else None
+        mismatches = compute_mismatches(unified, links, settings, quarantine=quarantine)
+        history = read_table(con, HISTORY_TABLE)
+    earlier = history.select(list(HISTORY_SCHEMA)).cast(HISTORY_SCHEMA) \
+        if set(HISTORY_SCHEMA) <= set(history.columns) else pl.DataFrame(schema=HISTORY_SCHEMA)
+    history = pl.concat([earlier, history_rows(mismatches, connected_apps(settings), at)], how="vertical")
+    replace_tables(ledgerlink.warehouse, {MISMATCHES_TABLE: mismatches, HISTORY_TABLE: history})
+    context.log.info(f"{MISMATCHES_TABLE}: {mismatches.height} mismatches")
+    return MaterializeResult(metadata=mismatches_metadata(mismatches))
+
+
+RECONCILE_ASSETS = [reconcile_links, reconcile_mismatches]

@@ -1,0 +1,727 @@
+"""reconcile.mismatches: one row per disagreement between Sequence and a connected app.
+
+The core is `field_mismatches`, a generic field-by-field diff of linked pairs driven by a list of `FieldSpec`s
+(it knows nothing of QuickBooks); `find_mismatches` prepares what Sequence expects (rules.py), pairs records
+through reconcile.links, and adds what a field diff cannot see: status differences, records missing on either
+side, match candidates, product and tax-code mappings. The app's own field table is an `AppSpec`
+(quickbooks.py for QuickBooks).
+
+Every row: tenant, app, entity, sequence_id, app_id, kind, field, sequence_value, app_value (text),
+proposed_action, reason (a sentence naming the record). Line-level rows carry their document's ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field as dataclass_field
+
+import polars as pl
+
+from assets.reconcile.links import (
+    CUSTOMER_MATCHES, DOCUMENT_MATCHES, MISMATCH_SCHEMA, app_label, link_app, match_candidates,
+)
+from assets.reconcile.rules import (
+    DRAFT, SEQUENCE, UNIT_SCALE, VOID, SettingsFrames, clean_text, currency_conflicts, decimal_text,
+    expected_billing_email, expected_home_total, expected_invoice_date, expected_item, expected_tax_code,
+    folded_text, home_total_differs, import_failures, is_paid, line_description, merchant_email_note,
+    minor_units, money_text, paid_in_app_outcome, scaled_decimal, with_app_defaults,
+)
+
+KINDS = (
+    "missing_in_app", "missing_in_sequence", "field_differs", "status_differs", "unlinked_candidate", "invalid",
+    "importable", "not_importable", "product_unmapped", "item_name_not_unique", "item_account_differs",
+    "tax_code_unresolved", "currency_differs", "stripe_link_ignored", "link_conflict",
+)
+ACTIONS = ("create_in_app", "update_in_app", "void_in_app", "mark_paid_in_sequence", "import_to_sequence", "link",
+           "create_item", "update_item", "fix_settings", "review", "none")
+# Kinds that ask somebody to do something; a negative control (stripe_link_ignored) asks nothing.
+ACTIONABLE_KINDS = frozenset(KINDS) - {"stripe_link_ignored"}
+COMPARES = ("text", "text_ci", "code", "date", "decimal", "money", "boolean")
+OPEN_STATUSES = ("OPEN", "PAID")  # issued (finalised or sent) and not voided: these must exist in the app
+ENTITY_LABELS = {"customer": "Customer", "invoice": "Invoice", "credit_note": "Credit note", "product": "Product",
+                 "tax_category": "Tax category"}
+
+
+def empty_mismatches() -> pl.LazyFrame:
+    return pl.LazyFrame(schema=MISMATCH_SCHEMA)
+
+
+def settle(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Computes an intermediate result once. Pairs and prepared frames feed a dozen later branches; left lazy,
+    every branch would carry (and the optimiser re-examine) the whole plan behind them."""
+    return frame.collect().lazy()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The generic field diff
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One compared field.
+
+    field    the reported field name (manifest vocabulary: "due_date", "billing_address.postal_code", "line.rate")
+    label    how the reason names it ("due date")
+    sequence what Sequence expects: a column name or expression evaluated on the Sequence frame
+    app      what the app holds: a column name or expression evaluated on the app frame
+    compare  text (trimmed, whitespace collapsed, empty = null) | text_ci (text, case-insensitive: emails) |
+             code (ids) | date | decimal (rounded to `scale` digits: quantities, unit prices) |
+             money (at the currency's minor units; `currency` names each side's currency column) | boolean
+    kind, action   the mismatch kind and proposed action of a difference
+    when     Sequence-side condition: rows where it is not true are not compared (e.g. expectation unknown)
+    note     Sequence-side text appended to the reason (why Sequence expects this value)
+    """
+
+    field: str
+    label: str
+    sequence: str | pl.Expr
+    app: str | pl.Expr
+    compare: str = "text"
+    kind: str = "field_differs"
+    action: str = "update_in_app"
+    when: pl.Expr | None = None
+    note: pl.Expr | None = None
+    currency: tuple[str, str] = ("currency", "currency")
+    scale: int = UNIT_SCALE
+
+    def __post_init__(self) -> None:
+        if self.compare not in COMPARES:
+            raise ValueError(f"FieldSpec {self.field}: compare must be one of {', '.join(COMPARES)}")
+
+
+def _expr(value: str | pl.Expr) -> pl.Expr:
+    return pl.col(value) if isinstance(value, str) else value
+
+
+def _normalised(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl.Expr:
+    if spec.compare in ("text", "code"):
+        return clean_text(value)
+    if spec.compare == "text_ci":
+        return folded_text(value)
+    if spec.compare == "date":
+        return value.cast(pl.Date)
+    if spec.compare == "decimal":
+        return scaled_decimal(value, spec.scale)
+    if spec.compare == "money":
+        return minor_units(value, currency)
+    return value.cast(pl.Boolean)
+
+
+def _display(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl.Expr:
+    if spec.compare in ("text", "text_ci", "code"):
+        return clean_text(value)
+    if spec.compare == "decimal":
+        return decimal_text(value)
+    if spec.compare == "money":
+        return money_text(value, currency)
+    return value.cast(pl.String)
+
+
+def _quoted(spec: FieldSpec, text: pl.Expr) -> pl.Expr:
+    shown = pl.concat_str([pl.lit("'"), text, pl.lit("'")]) if spec.compare in ("text", "text_ci") else text
+    return shown.fill_null(pl.lit("empty"))
+
+
+def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFrame, specs: Sequence[FieldSpec], *,
+                     entity: str, subject: str | pl.Expr | None = None, sequence_key: str = "id",
+                     app_key: str = "id", sequence_ref: str | None = None,
+                     app_ref: str | None = None) -> pl.LazyFrame:
+    """Field-by-field diff of linked pairs: one mismatch row per (pair, spec) whose values differ.
+
+    sequence  one row per Sequence record: `tenant`, `sequence_key` and whatever the specs read
+    app       one row per app record: `tenant`, `app`, `app_key` and whatever the specs read
+    links     the pairs to compare: `tenant`, `app`, `sequence_id`, `app_id` (keys of the two frames)
+    subject   Sequence-side text naming the record in reasons (default: "<Entity> <id>")
+    sequence_ref, app_ref   columns reported as sequence_id / app_id (default: the keys; lines report documents)
+
+    Values are normalised per side before the join (so the join carries compact, comparable columns) and turned
+    into text only for the rows that differ. Returns a LazyFrame with MISMATCH_SCHEMA's columns.
+    """
+    if not specs:
+        return empty_mismatches()
+    if subject is None:
+        subject = pl.concat_str([pl.lit(ENTITY_LABELS.get(entity, entity.replace("_", " ").capitalize()) + " "),
+                                 pl.col(sequence_key)])
+    s_cols = [pl.col("tenant"), pl.col(sequence_key).alias("_skey"), pl.col(sequence_ref or sequence_key).alias("_sref"),
+              _expr(subject).alias("_subject")]
+    a_cols = [pl.col("tenant"), pl.col("app"), pl.col(app_key).alias("_akey"), pl.col(app_ref or app_key).alias("_aref")]
+    for i, spec in enumerate(specs):
+        s_cur = pl.col(spec.currency[0]) if spec.compare == "money" else None
+        a_cur = pl.col(spec.currency[1]) if spec.compare == "money" else None
+        s_val, a_val = _expr(spec.sequence), _expr(spec.app)
+        s_cols += [s_val.alias(f"_s{i}"), _normalised(spec, s_val, s_cur).alias(f"_sn{i}")]
+        a_cols += [a_val.alias(f"_a{i}"), _normalised(spec, a_val, a_cur).alias(f"_an{i}")]
+        if s_cur is not None:
+            s_cols.append(s_cur.alias(f"_sc{i}"))
+            a_cols.append(a_cur.alias(f"_ac{i}"))
+        if spec.when is not None:
+            s_cols.append(spec.when.alias(f"_w{i}"))
+        if spec.note is not None:
+            s_cols.append(spec.note.alias(f"_note{i}"))
+    pairs = links.select("tenant", "app", pl.col("sequence_id").alias("_skey"), pl.col("app_id").alias("_akey"))
+    joined = (pairs.join(sequence.select(s_cols), on=["tenant", "_skey"], how="inner", validate="m:1")
+              .join(app.select(a_cols), on=["tenant", "app", "_akey"], how="inner", validate="m:1"))
+    label = app_label(pl.col("app"))
+    out = []
+    for i, spec in enumerate(specs):
+        differs = pl.col(f"_sn{i}").ne_missing(pl.col(f"_an{i}"))
+        if spec.when is not None:
+            differs = differs & pl.col(f"_w{i}").fill_null(False)
+        s_cur = pl.col(f"_sc{i}") if spec.compare == "money" else None
+        a_cur = pl.col(f"_ac{i}") if spec.compare == "money" else None
+        s_text = _display(spec, pl.col(f"_s{i}"), s_cur)
+        a_text = _display(spec, pl.col(f"_a{i}"), a_cur)
+        note = pl.col(f"_note{i}").fill_null("") if spec.note is not None else pl.lit("")
+        reason = pl.concat_str([pl.col("_subject"), pl.lit(f": {spec.label} is "), _quoted(spec, s_text),
+                                pl.lit(" in Sequence but "), _quoted(spec, a_text), pl.lit(" in "), label, note,
+                                pl.lit(".")])
+        out.append(joined.filter(differs).select(
+            "tenant", "app", pl.lit(entity).alias("entity"), pl.col("_sref").alias("sequence_id"),
+            pl.col("_aref").alias("app_id"), pl.lit(spec.kind).alias("kind"), pl.lit(spec.field).alias("field"),
+            s_text.alias("sequence_value"), a_text.alias("app_value"), pl.lit(spec.action).alias("proposed_action"),
+            reason.alias("reason")))
+    return pl.concat(out, how="vertical")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What an app contributes: its field tables and how its lines are linked
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """The per-app part of reconciliation. Field specs read the prepared frames documented in `find_mismatches`."""
+
+    app: str
+    customer_fields: tuple[FieldSpec, ...]
+    document_fields: tuple[FieldSpec, ...]  # invoices and credit notes
+    line_fields: tuple[FieldSpec, ...]
+    line_link_key: Callable[[], pl.Expr]  # on an app line: the value Sequence stores in its line links
+    documents: tuple[str, ...] = ("invoice", "credit_note")
+    extra: Mapping[str, object] = dataclass_field(default_factory=dict)
+
+
+DOCUMENT_TABLES = {"invoice": ("invoices", "invoice_lines"), "credit_note": ("credit_notes", "credit_note_lines")}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pairs
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    pairs: pl.LazyFrame  # tenant, app, sequence_id, app_id: 1:1 and both records present
+    linked_sequence: pl.LazyFrame  # tenant, sequence_id of every Sequence record with a link to a present twin
+    dangling_sequence: pl.LazyFrame  # tenant, sequence_id of Sequence records whose only links lead nowhere
+    linked_app: pl.LazyFrame  # tenant, app, app_id of every app record some Sequence record links
+    rows: pl.LazyFrame  # link conflicts and links to records the app no longer has
+
+
+def _pairs(links: pl.LazyFrame, entity: str, sequence: pl.LazyFrame, app: pl.LazyFrame, subject: pl.Expr,
+           app_name: str) -> _Pairs:
+    own = (links.filter((pl.col("entity") == entity) & (pl.col("app") == app_name) & (pl.col("method") != "settings"))
+           .select("tenant", "app", "sequence_id", "app_id").unique())
+    own = own.join(sequence.select("tenant", pl.col("id").alias("sequence_id")), on=["tenant", "sequence_id"],
+                   how="semi")
+    counted = own.with_columns(_n_app=pl.len().over("tenant", "app", "sequence_id"),
+                               _n_seq=pl.len().over("tenant", "app", "app_id"))
+    single = counted.filter((pl.col("_n_app") == 1) & (pl.col("_n_seq") == 1)).drop("_n_app", "_n_seq")
+    present = app.select("tenant", "app", pl.col("id").alias("app_id"))
+    pairs = single.join(present, on=["tenant", "app", "app_id"], how="semi")
+    names = sequence.select("tenant", pl.col("id").alias("sequence_id"), subject.alias("_subject"))
+    label = app_label(pl.col("app"))
+    what = entity.replace("_", " ")
+    conflicts = (counted.filter((pl.col("_n_app") > 1) | (pl.col("_n_seq") > 1))
+                 .join(names, on=["tenant", "sequence_id"], how="left", validate="m:1")
+                 .select("tenant", "app", pl.lit(entity).alias("entity"), "sequence_id", "app_id",
+                         pl.lit("link_conflict").alias("kind"), pl.lit(None, pl.String).alias("field"),
+                         pl.lit(None, pl.String).alias("sequence_value"), pl.col("app_id").alias("app_value"),
+                         pl.lit("review").alias("proposed_action"),
+                         pl.concat_str([pl.col("_subject"), pl.lit(" is linked to "), label, pl.lit(f" {what} "),
+                                        pl.col("app_id"), pl.lit(", but one of the two records has another link too; "
+                                                                 "keep one link.")]).alias("reason")))
+    dangling = (single.join(present, on=["tenant", "app", "app_id"], how="anti")
+                .join(names, on=["tenant", "sequence_id"], how="left", validate="m:1")
+                .select("tenant", "app", pl.lit(entity).alias("entity"), "sequence_id", "app_id",
+                        pl.lit("missing_in_app").alias("kind"), pl.lit(None, pl.String).alias("field"),
+                        pl.lit(None, pl.String).alias("sequence_value"), pl.lit(None, pl.String).alias("app_value"),
+                        pl.lit("review").alias("proposed_action"),
+                        pl.concat_str([pl.col("_subject"), pl.lit(" is linked to "), label, pl.lit(f" {what} "),
+                                       pl.col("app_id"), pl.lit(", which "), label,
+                                       pl.lit(" does not have (deleted there, or not extracted): re-sync or "
+                                              "unlink it.")]).alias("reason")))
+    # a record linked only to a twin that is gone may match another twin: it is offered candidates, not created
+    linked = own.join(present, on=["tenant", "app", "app_id"], how="semi").select("tenant", "sequence_id").unique()
+    return _Pairs(pairs=settle(pairs), linked_sequence=settle(linked),
+                  dangling_sequence=settle(own.select("tenant", "sequence_id").unique()
+                                           .join(linked, on=["tenant", "sequence_id"], how="anti")),
+                  linked_app=settle(own.select("tenant", "app", "app_id").unique()),
+                  rows=pl.concat([conflicts, dangling], how="vertical"))
+
+
+def _rows(frame: pl.LazyFrame, *, entity: str, kind: str, action: str, reason: pl.Expr,
+          sequence_id: pl.Expr | None = None, app_id: pl.Expr | None = None, field: pl.Expr | str | None = None,
+          sequence_value: pl.Expr | None = None, app_value: pl.Expr | None = None, app: pl.Expr | None = None
+          ) -> pl.LazyFrame:
+    none = pl.lit(None, pl.String)
+    return frame.select(
+        pl.col("tenant"), (app if app is not None else pl.col("app")).alias("app"), pl.lit(entity).alias("entity"),
+        (sequence_id if sequence_id is not None else none).cast(pl.String).alias("sequence_id"),
+        (app_id if app_id is not None else none).cast(pl.String).alias("app_id"),
+        pl.lit(kind).alias("kind"),
+        (pl.lit(field) if isinstance(field, str) else field if field is not None else none).alias("field"),
+        (sequence_value if sequence_value is not None else none).cast(pl.String).alias("sequence_value"),
+        (app_value if app_value is not None else none).cast(pl.String).alias("app_value"),
+        pl.lit(action).alias("proposed_action"), reason.alias("reason"))
+
+
+def _or_id(text: pl.Expr, record_id: pl.Expr) -> pl.Expr:
+    return pl.coalesce(clean_text(text), record_id)
+
+
+def _customer_subject() -> pl.Expr:
+    return pl.concat_str([pl.lit("Customer '"), _or_id(pl.col("name"), pl.col("id")), pl.lit("'")])
+
+
+def _app_customer_subject() -> pl.Expr:
+    return pl.concat_str([pl.lit("customer "), pl.col("id"), pl.lit(" '"), pl.col("name").fill_null(""), pl.lit("'")])
+
+
+def _document_subject(entity: str) -> pl.Expr:
+    return pl.concat_str([pl.lit(ENTITY_LABELS[entity] + " "), _or_id(pl.col("number"), pl.col("id"))])
+
+
+def _app_document_subject(entity: str) -> pl.Expr:
+    number = pl.when(pl.col("number").is_not_null()).then(pl.concat_str([pl.lit(" (number "), pl.col("number"),
+                                                                          pl.lit(")")])).otherwise(pl.lit(""))
+    return pl.concat_str([pl.lit(entity.replace("_", " ") + " "), pl.col("id"), number])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The whole reconciliation of one app
+# ----------------------------------------------------------------------------------------------------------
+
+
+def find_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame, settings: SettingsFrames,
+                    spec: AppSpec) -> pl.LazyFrame:
+    """Every mismatch between Sequence and `spec.app`, for the tenants connected to it (the tenants in
+    `settings`). `unified`: table name -> unified frame (checks/unified.py); `links`: reconcile.links.
+
+    Prepared frames the AppSpec's field specs read (Sequence side: what it expects; app side: unified columns):
+    customers   both: unified customer columns
+    documents   Sequence: unified columns + expected_customer_id, expected_date, expected_billing_email,
+                billing_email_note; app: unified columns + app_date (its invoice date)
+    lines       Sequence: unified columns + expected_item, expected_tax_code, expected_description;
+                app: unified line columns
+    """
+    app_name = spec.app
+    connected = settings.tenants.select("tenant").unique()
+
+    def side(table: str, app: str) -> pl.LazyFrame:
+        return settle(unified[table].filter(pl.col("app") == app).join(connected, on="tenant", how="semi"))
+
+    tenants = settle(with_app_defaults(settings.tenants, side("products", app_name), side("tax_codes", app_name)))
+    app_links = links.filter(pl.col("app") == app_name)
+    out: list[pl.LazyFrame] = []
+
+    # Customers -----------------------------------------------------------------------------------------
+    seq_customers = settle(side("customers", SEQUENCE).with_columns(_subject=_customer_subject()))
+    app_customers = side("customers", app_name)
+    customer = _pairs(app_links, "customer", seq_customers, app_customers, pl.col("_subject"), app_name)
+    out.append(customer.rows)
+    out.append(field_mismatches(seq_customers, app_customers, customer.pairs, spec.customer_fields,
+                                entity="customer", subject=pl.col("_subject")))
+    unlinked_seq = seq_customers.join(customer.linked_sequence, left_on=["tenant", "id"],
+                                      right_on=["tenant", "sequence_id"], how="anti")
+    unlinked_app = app_customers.join(customer.linked_app, left_on=["tenant", "app", "id"],
+                                      right_on=["tenant", "app", "app_id"], how="anti")
+    candidates = match_candidates(unlinked_seq, unlinked_app, entity="customer", rules=CUSTOMER_MATCHES,
+                                  subject=pl.col("_subject"), app_subject=_app_customer_subject())
+    out.append(candidates.rows)
+    label = app_label(pl.lit(app_name))
+    # archived customers need no twin, and DRAFT customers (not approved yet) are never synced
+    if "app_status" not in seq_customers.collect_schema().names():
+        unlinked_seq = unlinked_seq.with_columns(app_status=pl.lit(None, pl.String))
+    missing = (unlinked_seq.filter(pl.col("active").fill_null(True)
+                                   & (pl.col("app_status").str.to_uppercase() != DRAFT).fill_null(True))
+               .join(candidates.pairs, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"], how="anti")
+               .join(customer.dangling_sequence, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"],
+                     how="anti"))
+    out.append(_rows(missing, entity="customer", kind="missing_in_app", action="create_in_app", app=pl.lit(app_name),
+                     sequence_id=pl.col("id"), reason=pl.concat_str([
+                         pl.col("_subject"), pl.lit(" is in Sequence but not linked to any "), label,
+                         pl.lit(" customer, and none matches it by email or name: create it in "), label, pl.lit(".")])))
+    absent = (unlinked_app.filter(pl.col("active").fill_null(True))
+              .join(candidates.pairs, left_on=["tenant", "app", "id"], right_on=["tenant", "app", "app_id"],
+                    how="anti"))
+    failures = import_failures(absent)
+    subject = pl.concat_str([label, pl.lit(" "), _app_customer_subject()])
+    out.append(_rows(failures, entity="customer", kind="not_importable", action="review", app_id=pl.col("id"),
+                     field=pl.col("field"), app_value=pl.col("value"), reason=pl.concat_str([
+                         subject, pl.lit(" is not in Sequence and cannot be imported: it "), pl.col("problem"),
+                         pl.lit(" (an import needs an email and a primary address with first line, city, postal "
+                                "code and alpha-2 country).")])))
+    importable = absent.join(failures.select("tenant", "app", "id").unique(), on=["tenant", "app", "id"], how="anti")
+    out.append(_rows(importable, entity="customer", kind="importable", action="import_to_sequence",
+                     app_id=pl.col("id"), reason=pl.concat_str([
+                         subject, pl.lit(" is not in Sequence; it has an email and a complete address, so it can "
+                                         "be imported.")])))
+
+    # Who each Sequence customer is in the app: the expected customer of its documents.
+    customer_map = customer.pairs.select("tenant", pl.col("sequence_id").alias("customer_id"),
+                                         pl.col("app_id").alias("expected_customer_id"))
+    tax_status = seq_customers.select("tenant", pl.col("id").alias("customer_id"), "tax_status")
+
+    # Invoices and credit notes ------------------------------------------------------------------------
+    for entity in spec.documents:
+        out += _document_mismatches(entity, side, app_name, app_links, tenants, settings, customer_map, tax_status,
+                                    app_customers, spec)
+
+    # Products and tax categories -----------------------------------------------------------------------
+    out.append(_product_mismatches(side("products", SEQUENCE), side("products", app_name),
+                                   side("accounts", app_name), settings, app_name))
+    out.append(_tax_category_mismatches(side("tax_codes", SEQUENCE), side("tax_codes", app_name), settings,
+                                        tenants, app_name))
+    # each part on its own: one plan holding all of them costs more to optimise than to run
+    return pl.concat([settle(frame.select(list(MISMATCH_SCHEMA))) for frame in out], how="vertical")
+
+
+def _document_mismatches(entity: str, side: Callable[[str, str], pl.LazyFrame], app_name: str,
+                         app_links: pl.LazyFrame, tenants: pl.LazyFrame, settings: SettingsFrames,
+                         customer_map: pl.LazyFrame, tax_status: pl.LazyFrame, app_customers: pl.LazyFrame,
+                         spec: AppSpec) -> list[pl.LazyFrame]:
+    table, line_table = DOCUMENT_TABLES[entity]
+    what = entity.replace("_", " ")
+    label = app_label(pl.lit(app_name))
+    merchant = pl.col("merchant_email")
+    seq_docs = settle(side(table, SEQUENCE).filter(pl.col("status") != DRAFT)
+                .join(customer_map, on=["tenant", "customer_id"], how="left", validate="m:1")
+                .join(tenants, on="tenant", how="left", validate="m:1")
+                .with_columns(
+                    _subject=_document_subject(entity),
+                    expected_date=expected_invoice_date(pl.col("invoice_date").fill_null("issue"),
+                                                        pl.col("issue_date"), pl.col("accounting_date")),
+                    expected_billing_email=expected_billing_email(pl.col("app_status"), pl.col("billing_email"),
+                                                                  merchant),
+                    billing_email_note=merchant_email_note(pl.col("app_status"), merchant),
+                    _paid=is_paid(pl.col("status"), pl.col("payment_status"))))
+    if "stripe_payment_link" not in seq_docs.collect_schema().names():
+        seq_docs = seq_docs.with_columns(stripe_payment_link=pl.lit(None, pl.Boolean))
+    app_docs = settle(side(table, app_name).with_columns(app_date=pl.coalesce("issue_date", "accounting_date"),
+                                                         _paid=is_paid(pl.col("status"), pl.col("payment_status"))))
+    docs = _pairs(app_links, entity, seq_docs, app_docs, pl.col("_subject"), app_name)
+    out = [docs.rows]
+
+    # Status: void and paid.
+    status = settle(docs.pairs
+              .join(seq_docs.select("tenant", pl.col("id").alias("sequence_id"), "_subject",
+                                    pl.col("status").alias("_s_status"), pl.col("payment_status").alias("_s_pay"),
+                                    pl.col("_paid").alias("_s_paid"), "stripe_payment_link"),
+                    on=["tenant", "sequence_id"], how="inner", validate="m:1")
+              .join(app_docs.select("tenant", "app", pl.col("id").alias("app_id"), pl.col("status").alias("_a_status"),
+                                    pl.col("payment_status").alias("_a_pay"), pl.col("_paid").alias("_a_paid")),
+                    on=["tenant", "app", "app_id"], how="inner", validate="m:1"))
+    s_void, a_void = pl.col("_s_status") == VOID, pl.col("_a_status") == VOID
+    ids = {"sequence_id": pl.col("sequence_id"), "app_id": pl.col("app_id")}
+    out.append(_rows(status.filter(s_void & ~a_void), entity=entity, kind="status_differs", action="void_in_app",
+                     field="status", sequence_value=pl.col("_s_status"), app_value=pl.col("_a_status"), **ids,
+                     reason=pl.concat_str([pl.col("_subject"), pl.lit(" is voided in Sequence but still open in "),
+                                           label, pl.lit(": void it in "), label, pl.lit(".")])))
+    out.append(_rows(status.filter(a_void & ~s_void), entity=entity, kind="status_differs", action="review",
+                     field="status", sequence_value=pl.col("_s_status"), app_value=pl.col("_a_status"), **ids,
+                     reason=pl.concat_str([pl.col("_subject"), pl.lit(" is voided in "), label,
+                                           pl.lit(" but not in Sequence: check which side is right.")])))
+    if entity == "invoice":
+        live = status.filter(~s_void & ~a_void)
+        kind, action = paid_in_app_outcome(pl.col("stripe_payment_link"))
+        stripe = pl.col("stripe_payment_link").fill_null(False)
+        paid_there = live.filter(pl.col("_a_paid") & ~pl.col("_s_paid"))
+        out.append(paid_there.select(
+            "tenant", "app", pl.lit(entity).alias("entity"), "sequence_id", "app_id", kind.alias("kind"),
+            pl.lit("payment_status").alias("field"), pl.col("_s_pay").fill_null("UNPAID").alias("sequence_value"),
+            pl.lit("PAID").alias("app_value"), action.alias("proposed_action"),
+            pl.when(stripe).then(pl.concat_str([
+                pl.col("_subject"), pl.lit(" is paid in "), label, pl.lit(" but not in Sequence; it has a Stripe "
+                "payment link, so Sequence takes its payment status from Stripe and ignores "), label,
+                pl.lit(" (nothing to write; reconcile it in "), label, pl.lit(" separately if needed).")]))
+            .otherwise(pl.concat_str([pl.col("_subject"), pl.lit(" is paid in "), label,
+                                      pl.lit(" but unpaid in Sequence: mark it paid in Sequence.")])).alias("reason")))
+        out.append(_rows(live.filter(pl.col("_s_paid") & ~pl.col("_a_paid")), entity=entity, kind="status_differs",
+                         action="review", field="payment_status", sequence_value=pl.lit("PAID"),
+                         app_value=pl.col("_a_pay").fill_null("UNPAID"), **ids,
+                         reason=pl.concat_str([pl.col("_subject"), pl.lit(" is paid in Sequence but open in "), label,
+                                               pl.lit(": record the payment in "), label, pl.lit(".")])))
+
+    # Fields and lines of documents neither side voided (a voided QuickBooks invoice keeps its lines at zero).
+    active = settle(docs.pairs
+              .join(seq_docs.filter(pl.col("status") != VOID).select("tenant", pl.col("id").alias("sequence_id")),
+                    on=["tenant", "sequence_id"], how="semi")
+              .join(app_docs.filter(pl.col("status") != VOID).select("tenant", "app", pl.col("id").alias("app_id")),
+                    on=["tenant", "app", "app_id"], how="semi"))
+    out.append(field_mismatches(seq_docs, app_docs, active, spec.document_fields, entity=entity,
+                                subject=pl.col("_subject")))
+    out += _line_mismatches(entity, side(line_table, SEQUENCE), side(line_table, app_name), seq_docs, active,
+                            tenants, settings, tax_status, app_name, spec)
+
+    # Records on one side only, and candidates for them.
+    unlinked_seq = seq_docs.join(docs.linked_sequence, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"],
+                                 how="anti")
+    unlinked_app = app_docs.join(docs.linked_app, left_on=["tenant", "app", "id"], right_on=["tenant", "app", "app_id"],
+                                 how="anti")
+    candidates = match_candidates(unlinked_seq, unlinked_app, entity=entity, rules=DOCUMENT_MATCHES,
+                                  subject=pl.col("_subject"), app_subject=_app_document_subject(entity))
+    out.append(candidates.rows)
+    missing = (unlinked_seq.filter(pl.col("status").is_in(OPEN_STATUSES))
+               .join(candidates.pairs, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"], how="anti")
+               .join(docs.dangling_sequence, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"], how="anti")
+               .with_columns(app=pl.lit(app_name)))
+    conflicts = currency_conflicts(missing, app_customers)
+    out.append(_rows(conflicts, entity=entity, kind="currency_differs", action="review", field="currency",
+                     sequence_id=pl.col("id"), sequence_value=pl.col("currency"),
+                     app_value=pl.col("customer_currency"), reason=pl.concat_str([
+                         pl.col("_subject"), pl.lit(" is in "), pl.col("currency"), pl.lit(" but its "), label,
+                         pl.lit(" customer "), pl.col("expected_customer_id"), pl.lit(" is in "),
+                         pl.col("customer_currency"), pl.lit(", so "), label, pl.lit(f" rejects the {what}: issue it "
+                         "in the customer's currency or fix the customer.")])))
+    never_synced = missing.join(conflicts.select("tenant", "id"), on=["tenant", "id"], how="anti")
+    unlinked_customer = pl.when(pl.col("expected_customer_id").is_null()).then(
+        pl.concat_str([pl.lit(" (its customer is not linked to "), label, pl.lit(" yet)")])).otherwise(pl.lit(""))
+    out.append(_rows(never_synced, entity=entity, kind="missing_in_app", action="create_in_app",
+                     sequence_id=pl.col("id"), reason=pl.concat_str([
+                         pl.col("_subject"), pl.lit(f" is issued in Sequence but no {what} in "), label,
+                         pl.lit(" is linked to it or has its number"), unlinked_customer,
+                         pl.lit(": sync it to "), label, pl.lit(".")])))
+    only_app = unlinked_app.join(candidates.pairs, left_on=["tenant", "app", "id"],
+                                 right_on=["tenant", "app", "app_id"], how="anti")
+    out.append(_rows(only_app, entity=entity, kind="missing_in_sequence", action="review", app_id=pl.col("id"),
+                     reason=pl.concat_str([label, pl.lit(" "), _app_document_subject(entity),
+                                           pl.lit(" has no Sequence counterpart (created in "), label,
+                                           pl.lit("?): check whether it should be billed from Sequence.")])))
+
+    # Home-currency conversion with the app's own rate.
+    linked_to = docs.pairs.select("tenant", "app", "app_id", "sequence_id")
+    converted = (app_docs.filter((pl.col("status") != VOID) & pl.col("exchange_rate").is_not_null()
+                                 & pl.col("home_gross_total").is_not_null())
+                 .join(tenants.select("tenant", "home_currency"), on="tenant", how="left", validate="m:1")
+                 .filter(pl.col("home_currency").is_not_null())
+                 .filter(home_total_differs(pl.col("gross_total"), pl.col("exchange_rate"),
+                                            pl.col("home_gross_total"), pl.col("home_currency")))
+                 .join(linked_to, left_on=["tenant", "app", "id"], right_on=["tenant", "app", "app_id"], how="left",
+                       validate="1:1"))
+    expected_home = money_text(expected_home_total(pl.col("gross_total"), pl.col("exchange_rate")),
+                               pl.col("home_currency"))
+    out.append(_rows(converted, entity=entity, kind="field_differs", action="review", field="home_total",
+                     sequence_id=pl.col("sequence_id"), app_id=pl.col("id"), sequence_value=expected_home,
+                     app_value=money_text(pl.col("home_gross_total"), pl.col("home_currency")),
+                     reason=pl.concat_str([label, pl.lit(" "), _app_document_subject(entity),
+                                           pl.lit(": home-currency total is "),
+                                           money_text(pl.col("home_gross_total"), pl.col("home_currency")),
+                                           pl.lit(" "), pl.col("home_currency"), pl.lit(" but its total "),
+                                           money_text(pl.col("gross_total"), pl.col("currency")), pl.lit(" "),
+                                           pl.col("currency"), pl.lit(" at its own exchange rate "),
+                                           decimal_text(pl.col("exchange_rate")), pl.lit(" makes "), expected_home,
+                                           pl.lit(".")])))
+    return out
+
+
+def _line_mismatches(entity: str, seq_lines: pl.LazyFrame, app_lines: pl.LazyFrame, seq_docs: pl.LazyFrame,
+                     doc_pairs: pl.LazyFrame, tenants: pl.LazyFrame, settings: SettingsFrames,
+                     tax_status: pl.LazyFrame, app_name: str, spec: AppSpec) -> list[pl.LazyFrame]:
+    """Lines of paired documents: paired by the link Sequence stores on the line, else by position."""
+    label = app_label(pl.lit(app_name))
+    docs = seq_docs.select("tenant", pl.col("id").alias("document_id"), pl.col("_subject").alias("_doc_subject"),
+                           "customer_id")
+    seq = (seq_lines.join(docs, on=["tenant", "document_id"], how="inner", validate="m:1")
+           .join(tax_status, on=["tenant", "customer_id"], how="left", validate="m:1")
+           .join(settings.tax_codes.rename({"tax_code": "_mapped_code"}), on=["tenant", "tax_category_id"],
+                 how="left", validate="m:1")
+           .join(settings.items.select("tenant", "product_id", pl.col("item_id").alias("_mapped_item")),
+                 on=["tenant", "product_id"], how="left", validate="m:1")
+           .join(tenants, on="tenant", how="left", validate="m:1")
+           .with_columns(
+               _key=pl.concat_str(["document_id", pl.lit("\x1f"), "id"]),
+               _rank=pl.col("position").rank("ordinal").over("tenant", "document_id"),
+               expected_description=line_description(pl.col("group_title"), pl.col("title"), pl.col("description")),
+               expected_item=expected_item(pl.col("_mapped_item"), pl.col("default_item_id")),
+               expected_tax_code=expected_tax_code(
+                   pl.col("tax_status"), pl.col("_mapped_code"), pl.col("fallback_tax_code"),
+                   pl.col("exempt_tax_code"), pl.col("reverse_charge_tax_code"), pl.col("account_default_tax_code"),
+                   pl.lit(None, pl.String), pl.col("us_sales_tax")))
+           .with_columns(_subject=pl.concat_str([pl.col("_doc_subject"), pl.lit(" line "),
+                                                 pl.col("_rank").cast(pl.String)])))
+    app = app_lines.with_columns(_key=pl.concat_str(["document_id", pl.lit("\x1f"), "id"]),
+                                 _link=spec.line_link_key(),
+                                 _rank=pl.col("position").rank("ordinal").over("tenant", "document_id"))
+    # Only lines of paired documents are compared.
+    seq = settle(seq.join(doc_pairs.select("tenant", pl.col("sequence_id").alias("document_id"),
+                                           pl.col("app_id").alias("_app_document")), on=["tenant", "document_id"],
+                          how="inner", validate="m:1"))
+    app = settle(app.join(doc_pairs.select("tenant", "app", pl.col("app_id").alias("document_id")),
+                          on=["tenant", "app", "document_id"], how="semi"))
+    by_link = settle(seq.select("tenant", "_key", "_app_document", "links").explode("links")
+               .filter(pl.col("links").is_not_null() & (link_app(pl.col("links").struct.field("app")) == app_name))
+               .select("tenant", pl.lit(app_name).alias("app"), pl.col("_key").alias("sequence_id"), "_app_document",
+                       clean_text(pl.col("links").struct.field("app_id")).alias("_link"))
+               .join(app.select("tenant", "app", "_link", pl.col("_key").alias("app_id"), "document_id"),
+                     on=["tenant", "app", "_link"], how="inner")
+               # a line link into another document than the paired one does not pair the line
+               .filter(pl.col("document_id") == pl.col("_app_document"))
+               .select("tenant", "app", "sequence_id", "app_id")
+               .unique(subset=["tenant", "app", "sequence_id"], keep="first")
+               .unique(subset=["tenant", "app", "app_id"], keep="first"))
+    rest_seq = settle(seq.join(by_link, left_on=["tenant", "_key"], right_on=["tenant", "sequence_id"], how="anti")
+                .with_columns(_left=pl.col("position").rank("ordinal").over("tenant", "document_id")))
+    rest_app = settle(app.join(by_link, left_on=["tenant", "app", "_key"], right_on=["tenant", "app", "app_id"], how="anti")
+                .with_columns(_left=pl.col("position").rank("ordinal").over("tenant", "app", "document_id")))
+    by_position = settle(rest_seq.select("tenant", pl.lit(app_name).alias("app"), pl.col("_key").alias("sequence_id"),
+                                   pl.col("_app_document").alias("document_id"), "_left")
+                   .join(rest_app.select("tenant", "app", "document_id", "_left", pl.col("_key").alias("app_id")),
+                         on=["tenant", "app", "document_id", "_left"], how="inner", validate="1:1")
+                   .select("tenant", "app", "sequence_id", "app_id"))
+    line_pairs = pl.concat([by_link, by_position], how="vertical")
+    out = [field_mismatches(seq, app, line_pairs, spec.line_fields, entity=entity, subject=pl.col("_subject"),
+                            sequence_key="_key", app_key="_key", sequence_ref="document_id", app_ref="document_id")]
+    # Lines on one side only.
+    alone_seq = rest_seq.join(by_position, left_on=["tenant", "_key"], right_on=["tenant", "sequence_id"], how="anti")
+    out.append(_rows(alone_seq, entity=entity, kind="field_differs", action="update_in_app", field="line",
+                     app=pl.lit(app_name), sequence_id=pl.col("document_id"), app_id=pl.col("_app_document"),
+                     sequence_value=pl.col("expected_description"), reason=pl.concat_str([
+                         pl.col("_subject"), pl.lit(" ('"), pl.col("expected_description").fill_null(""),
+                         pl.lit("') is in Sequence but not on the "), label, pl.lit(f" {entity.replace('_', ' ')}.")])))
+    alone_app = (rest_app.join(by_position, left_on=["tenant", "app", "_key"], right_on=["tenant", "app", "app_id"],
+                               how="anti")
+                 .join(doc_pairs.select("tenant", "app", pl.col("app_id").alias("document_id"), "sequence_id"),
+                       on=["tenant", "app", "document_id"], how="left", validate="m:1")
+                 .join(seq_docs.select("tenant", pl.col("id").alias("sequence_id"), "_subject"),
+                       on=["tenant", "sequence_id"], how="left", validate="m:1"))
+    out.append(_rows(alone_app, entity=entity, kind="field_differs", action="update_in_app", field="line",
+                     sequence_id=pl.col("sequence_id"), app_id=pl.col("document_id"),
+                     app_value=pl.col("description"), reason=pl.concat_str([
+                         pl.col("_subject"), pl.lit(": "), label, pl.lit(" has an extra line "),
+                         pl.col("_rank").cast(pl.String), pl.lit(" ('"), pl.col("description").fill_null(""),
+                         pl.lit("') that Sequence does not have.")])))
+    return out
+
+
+def _product_mismatches(seq_products: pl.LazyFrame, app_products: pl.LazyFrame, app_accounts: pl.LazyFrame,
+                        settings: SettingsFrames, app_name: str) -> pl.LazyFrame:
+    """Product -> item mapping: unmapped products (an item of the same name blocks creating theirs: item names
+    are unique in QuickBooks), mappings to items that do not exist, items booking to another account."""
+    label = app_label(pl.lit(app_name))
+    products = seq_products.filter(pl.col("active").fill_null(True)).select(
+        "tenant", pl.lit(app_name).alias("app"), "id", "name", _name=folded_text(pl.col("name")),
+        _subject=pl.concat_str([pl.lit("Product '"), _or_id(pl.col("name"), pl.col("id")), pl.lit("'")]))
+    items = app_products.with_columns(_name=folded_text(pl.col("name")))
+    mapping = settings.items.rename({"product_id": "id"})
+    unmapped = products.join(mapping.filter(pl.col("item_id").is_not_null()), on=["tenant", "id"], how="anti")
+    same_name = items.filter(pl.col("active").fill_null(True)).group_by("tenant", "app", "_name").agg(
+        pl.col("id").min().alias("_item_id"), pl.col("name").first().alias("_item_name"))
+    unmapped = unmapped.join(same_name, on=["tenant", "app", "_name"], how="left", validate="m:1")
+    taken = unmapped.filter(pl.col("_item_id").is_not_null())
+    free = unmapped.filter(pl.col("_item_id").is_null())
+    rows = [
+        _rows(taken, entity="product", kind="item_name_not_unique", action="review", field="name",
+              sequence_id=pl.col("id"), app_id=pl.col("_item_id"), sequence_value=pl.col("name"),
+              app_value=pl.col("_item_name"), reason=pl.concat_str([
+                  pl.col("_subject"), pl.lit(" is not mapped to a "), label, pl.lit(" item, and "), label,
+                  pl.lit(" item "), pl.col("_item_id"), pl.lit(" already has its name (item names are unique): map "
+                                                              "the product to that item or rename one of them.")])),
+        _rows(free, entity="product", kind="product_unmapped", action="create_item", field="item",
+              sequence_id=pl.col("id"), sequence_value=pl.col("name"), reason=pl.concat_str([
+                  pl.col("_subject"), pl.lit(" is not mapped to a "), label,
+                  pl.lit(" item, so its lines are booked to the default item: create its item and map it.")])),
+    ]
+    mapped = (products.join(mapping.filter(pl.col("item_id").is_not_null()), on=["tenant", "id"], how="inner",
+                            validate="1:1")
+              .join(items.select("tenant", "app", pl.col("id").alias("item_id"), pl.col("name").alias("_item_name"),
+                                 "income_account_id", pl.lit(True).alias("_found")),
+                    on=["tenant", "app", "item_id"], how="left", validate="m:1"))
+    gone = mapped.filter(pl.col("_found").is_null())
+    rows.append(_rows(gone, entity="product", kind="product_unmapped", action="fix_settings", field="item",
+                      sequence_id=pl.col("id"), app_id=pl.col("item_id"), sequence_value=pl.col("item_id"),
+                      reason=pl.concat_str([pl.col("_subject"), pl.lit(" is mapped to "), label, pl.lit(" item "),
+                                            pl.col("item_id"), pl.lit(", which "), label,
+                                            pl.lit(" does not have: map it to an existing item.")])))
+    accounts = app_accounts.select("tenant", "app", pl.col("id").alias("income_account_id"),
+                                   clean_text(pl.col("code")).alias("_code"), pl.col("name").alias("_account"))
+    booked = (mapped.filter(pl.col("account_code").is_not_null() & pl.col("_found").is_not_null())
+              .join(accounts, on=["tenant", "app", "income_account_id"], how="left", validate="m:1")
+              .filter(pl.col("_code").ne_missing(pl.col("account_code"))))
+    rows.append(_rows(booked, entity="product", kind="item_account_differs", action="update_item",
+                      field="account_code", sequence_id=pl.col("id"), app_id=pl.col("item_id"),
+                      sequence_value=pl.col("account_code"), app_value=pl.col("_code"), reason=pl.concat_str([
+                          pl.col("_subject"), pl.lit(": the settings book it to account "), pl.col("account_code"),
+                          pl.lit(" but "), label, pl.lit(" item "), pl.col("item_id"), pl.lit(" books to "),
+                          pl.col("_code").fill_null("no account code"),
+                          pl.when(pl.col("_account").is_not_null()).then(
+                              pl.concat_str([pl.lit(" ("), pl.col("_account"), pl.lit(")")])).otherwise(pl.lit("")),
+                          pl.lit(": update the item's income account.")])))
+    return pl.concat(rows, how="vertical")
+
+
+def _tax_category_mismatches(seq_categories: pl.LazyFrame, app_codes: pl.LazyFrame, settings: SettingsFrames,
+                             tenants: pl.LazyFrame, app_name: str) -> pl.LazyFrame:
+    """Tax category -> tax code mappings (and the fallback, exempt and reverse-charge codes) that name a tax code
+    the app does not have or has made inactive."""
+    label = app_label(pl.lit(app_name))
+    codes = app_codes.select("tenant", pl.col("id").alias("tax_code"), pl.col("active").fill_null(True).alias("_active"),
+                             pl.col("name").alias("_code_name"))
+    names = seq_categories.select("tenant", pl.col("id").alias("tax_category_id"), pl.col("name").alias("_name"))
+    mapped = (settings.tax_codes.filter(pl.col("tax_code").is_not_null())
+              .join(codes, on=["tenant", "tax_code"], how="left", validate="m:1")
+              .join(names, on=["tenant", "tax_category_id"], how="left", validate="m:1")
+              .filter(~pl.col("_active").fill_null(False)))
+    problem = pl.when(pl.col("_active").is_null()).then(pl.concat_str([pl.lit(", which "), label,
+                                                                       pl.lit(" does not have")])) \
+        .otherwise(pl.concat_str([pl.lit(" ("), pl.col("_code_name").fill_null(""), pl.lit("), which is inactive in "),
+                                  label]))
+    rows = [_rows(mapped, entity="tax_category", kind="tax_code_unresolved", action="fix_settings", field="tax_code",
+                  app=pl.lit(app_name), sequence_id=pl.col("tax_category_id"),
+                  app_id=pl.when(pl.col("_active").is_not_null()).then(pl.col("tax_code")),
+                  sequence_value=pl.col("tax_code"), reason=pl.concat_str([
+                      pl.lit("Tax category '"), pl.coalesce("_name", "tax_category_id"),
+                      pl.lit("' is mapped to "), label, pl.lit(" tax code "), pl.col("tax_code"), problem,
+                      pl.lit(": lines in this category cannot get a tax code; fix the mapping in the settings.")]))]
+    defaults = (tenants.unpivot(index="tenant", on=["fallback_tax_code", "exempt_tax_code", "reverse_charge_tax_code"],
+                                variable_name="_setting", value_name="tax_code")
+                .filter(pl.col("tax_code").is_not_null())
+                .join(codes, on=["tenant", "tax_code"], how="left", validate="m:1")
+                .filter(~pl.col("_active").fill_null(False)))
+    rows.append(_rows(defaults, entity="tax_category", kind="tax_code_unresolved", action="fix_settings",
+                      field=pl.col("_setting"), app=pl.lit(app_name),
+                      app_id=pl.when(pl.col("_active").is_not_null()).then(pl.col("tax_code")),
+                      sequence_value=pl.col("tax_code"), reason=pl.concat_str([
+                          pl.lit("The settings' "), pl.col("_setting").str.replace_all("_", " "), pl.lit(" is "),
+                          label, pl.lit(" tax code "), pl.col("tax_code"), problem, pl.lit(": fix the settings.")])))
+    return pl.concat(rows, how="vertical")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Records that failed a contract
+# ----------------------------------------------------------------------------------------------------------
+
+def invalid_records(quarantine: pl.LazyFrame) -> pl.LazyFrame:
+    """Records kept out of the unified model because they failed a contract (unified.quarantine: tenant, app,
+    entity, id, check, field, reason; the extraction's own rejections are in it too) as `invalid` mismatches,
+    one per record and field. Lines dropped only because their document was quarantined are left out: the
+    document is reported."""
+    frame = (quarantine.filter(pl.col("check").ne_missing("document_quarantined"))
+             .select("tenant", "app", pl.col("entity").cast(pl.String), clean_text(pl.col("id")).alias("_id"),
+                     pl.col("field").cast(pl.String), pl.col("reason").cast(pl.String).alias("_why"))
+             .unique(subset=["tenant", "app", "entity", "_id", "field"], keep="first", maintain_order=True))
+    sequence_side = pl.col("app") == SEQUENCE
+    label = app_label(pl.col("app"))
+    what = pl.col("entity").str.replace_all("_", " ")
+    return frame.select(
+        "tenant", "app", "entity",
+        pl.when(sequence_side).then(pl.col("_id")).alias("sequence_id"),
+        pl.when(~sequence_side).then(pl.col("_id")).alias("app_id"),
+        pl.lit("invalid").alias("kind"), "field",
+        pl.lit(None, pl.String).alias("sequence_value"), pl.lit(None, pl.String).alias("app_value"),
+        pl.lit("review").alias("proposed_action"),
+        pl.concat_str([label, pl.lit(" "), what, pl.lit(" "), pl.col("_id").fill_null("(without an id)"),
+                       pl.lit(" is invalid ("), pl.col("field").fill_null("record"), pl.lit("): "),
+                       pl.col("_why").fill_null("it failed a contract"),
+                       pl.lit("; it is left out of reconciliation until it is fixed.")]).alias("reason"))

@@ -1,0 +1,1 @@
+"""The data-quality report on reconciliation results (HTML with inline SVG charts)."""

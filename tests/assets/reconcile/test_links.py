@@ -1,0 +1,82 @@
+"""reconcile.links: what Sequence stores, the settings' mappings and confirmed write-backs; conflicting and
+dangling links; records that failed a contract."""
+
+from datetime import UTC, datetime
+
+import polars as pl
+
+from assets.reconcile.links import LINKS_SCHEMA, build_links, writeback_links
+
+QBO, SEQ = "quickbooks", "sequence"
+NOW = datetime(2025, 7, 1, tzinfo=UTC)
+
+
+def test_links_from_sequence_records_and_settings(co):
+    links, _ = co.reconcile()
+    assert links.schema == pl.Schema(LINKS_SCHEMA)
+    assert links.select("entity", "sequence_id", "app_id", "method").sort("entity", "sequence_id").rows() == [
+        ("customer", "c1", "1", "integration_id"), ("invoice", "inv1", "100", "linked_service"),
+        ("invoice_line", "l1", "100-1", "external_id"), ("invoice_line", "l2", "100-2", "external_id"),
+        ("product", "prod-platform", "5", "settings"), ("product", "prod-seats", "6", "settings"),
+        ("tax_category", "cat-std", "2", "settings")]
+    assert links["linked_at"].unique().to_list() == [NOW]
+
+
+def test_vendor_service_names_become_app_ids(co):
+    customers = co.unified("customers", [{"tenant": "t1", "app": SEQ, "id": "c1",
+                                          "links": [{"app": "QuickBooks_Online", "app_id": " 7 "}]}]).lazy()
+    links = build_links({"customers": customers}, linked_at=NOW).collect()
+    assert links.select("app", "app_id").rows() == [(QBO, "7")]
+
+
+def test_confirmed_creates_of_earlier_write_backs_link_records(co):
+    co.row("customers", SEQ, "c1", links=None)
+    outbox = pl.DataFrame({
+        "tenant": ["t1", "t1", "t1"], "app": [QBO] * 3, "entity": ["customer"] * 3,
+        "sequence_id": ["c1", "c1", "c9"], "app_id": ["1", "2", "3"],
+        "operation": ["create", "create", "update"], "state": ["confirmed", "failed", "confirmed"],
+        "confirmed_at": [datetime(2025, 6, 1, tzinfo=UTC), None, datetime(2025, 6, 2, tzinfo=UTC)]})
+    links, mismatches = co.reconcile(outbox=outbox)
+    customer = links.filter(pl.col("entity") == "customer")
+    assert customer.select("sequence_id", "app_id", "method", "linked_at").rows() == [
+        ("c1", "1", "writeback", datetime(2025, 6, 1, tzinfo=UTC))]
+    assert mismatches.height == 0  # the pair is compared like any other, and agrees
+
+
+def test_no_outbox_table_is_no_write_back_links():
+    assert writeback_links(None, NOW).collect().height == 0
+    incomplete = pl.LazyFrame({"tenant": ["t1"], "app": [QBO]})
+    assert writeback_links(incomplete, NOW).collect().height == 0
+
+
+def test_two_records_linked_to_one_twin_are_a_conflict_not_compared(co):
+    co.rows["customers"].append({"tenant": "t1", "app": SEQ, "id": "c2", "name": "Blue Analytics (dup)",
+                                 "email": "dup@blue.example", "app_status": "ACTIVE",
+                                 "links": [{"app": QBO, "app_id": "1"}]})
+    _, mismatches = co.reconcile()
+    assert sorted(mismatches.select("kind", "sequence_id", "app_id", "proposed_action").rows()) == [
+        ("link_conflict", "c1", "1", "review"), ("link_conflict", "c2", "1", "review")]
+
+
+def test_a_link_to_a_record_quickbooks_no_longer_has(co):
+    co.row("invoices", SEQ, "inv1", links=[{"app": QBO, "app_id": "999"}])
+    found = co.mismatches().filter(pl.col("entity") == "invoice").sort("kind")
+    # reported, and the invoice of the same number is proposed as its twin (not linked, and not created again)
+    assert found.select("kind", "sequence_id", "app_id", "proposed_action").rows() == [
+        ("missing_in_app", "inv1", "999", "review"), ("unlinked_candidate", "inv1", "100", "link")]
+    assert "which QuickBooks does not have" in found["reason"][0]
+
+
+def test_records_that_failed_a_contract_are_invalid_mismatches(co):
+    quarantine = pl.DataFrame({
+        "tenant": ["t1"] * 4, "app": [QBO, QBO, SEQ, QBO], "entity": ["invoice", "invoice", "invoice", "invoice_line"],
+        "id": ["266", None, "inv-xyz", "266-1"], "check": ["extract", "extract", "extract", "document_quarantined"],
+        "field": ["TotalAmt", "Id", "currency", "document_id"],
+        "reason": ["TotalAmt is not a number", "Id is missing", "currency is not an ISO 4217 currency code",
+                   "its invoice 266 was quarantined"]})
+    _, mismatches = co.reconcile(quarantine=quarantine)
+    assert sorted(mismatches.select("app", "kind", "field", "sequence_id", "app_id").rows(),
+                  key=lambda r: r[2]) == [
+        (QBO, "invalid", "Id", None, None), (QBO, "invalid", "TotalAmt", None, "266"),
+        (SEQ, "invalid", "currency", "inv-xyz", None)]  # the cascaded line is its document's problem
+    assert all(action == "review" for action in mismatches["proposed_action"])
