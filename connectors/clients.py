@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from connectors.auth import OAuth2RefreshAuth, TokenStore
-from connectors.http import AppClient
+from connectors.http import AppClient, RateLimiter
 from connectors.quickbooks import QuickBooksClient, token_url_for
 from connectors.registry import Connection
 from connectors.sequence import SequenceClient
@@ -15,6 +15,12 @@ from connectors.sequence import SequenceClient
 
 def build_client(connection: Connection, *, token_store: TokenStore, environ: Mapping[str, str] | None = None,
                  **client_options: Any) -> AppClient:
+    """The registry may set the client-side pace with `requests_per_minute` / `max_concurrent` (e.g. an older
+    Sequence account at 100/min); otherwise each client keeps its app's documented limits."""
+    pace = {k: connection.options[k] for k in ("requests_per_minute", "max_concurrent") if k in connection.options}
+    if pace and "limiter" not in client_options:
+        client_options["limiter"] = RateLimiter(per_minute=pace.get("requests_per_minute"),
+                                                max_concurrent=pace.get("max_concurrent"))
     if connection.app == "sequence":
         return SequenceClient(
             connection.base_url,

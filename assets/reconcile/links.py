@@ -73,9 +73,10 @@ def stored_links(unified: Mapping[str, pl.LazyFrame], linked_at: datetime) -> pl
             .select("tenant", pl.col("id").alias("sequence_id"), "links")
             .explode("links")
             .filter(pl.col("links").is_not_null())
-            .select("tenant", link_app(pl.col("links").struct.field("app")).alias("app"), pl.lit(entity).alias("entity"),
-                    "sequence_id", clean_text(pl.col("links").struct.field("app_id")).alias("app_id"),
-                    pl.lit(method).alias("method"), pl.lit(linked_at, dtype=LINKS_SCHEMA["linked_at"]).alias("linked_at"))
+            .select("tenant", link_app(pl.col("links").struct.field("app")).alias("app"),
+                    pl.lit(entity).alias("entity"), "sequence_id",
+                    clean_text(pl.col("links").struct.field("app_id")).alias("app_id"), pl.lit(method).alias("method"),
+                    pl.lit(linked_at, dtype=LINKS_SCHEMA["linked_at"]).alias("linked_at"))
             .filter(pl.col("app_id").is_not_null() & (pl.col("app") != SEQUENCE))
         )
     return pl.concat(frames, how="vertical") if frames else empty_links()
@@ -85,8 +86,9 @@ def settings_links(app: str, settings: SettingsFrames, linked_at: datetime) -> p
     """The tenant's mappings as links: product -> item, tax category -> tax code."""
     stamp = pl.lit(linked_at, dtype=LINKS_SCHEMA["linked_at"]).alias("linked_at")
     items = settings.items.filter(pl.col("item_id").is_not_null()).select(
-        "tenant", pl.lit(app).alias("app"), pl.lit("product").alias("entity"), pl.col("product_id").alias("sequence_id"),
-        pl.col("item_id").alias("app_id"), pl.lit("settings").alias("method"), stamp)
+        "tenant", pl.lit(app).alias("app"), pl.lit("product").alias("entity"),
+        pl.col("product_id").alias("sequence_id"), pl.col("item_id").alias("app_id"),
+        pl.lit("settings").alias("method"), stamp)
     codes = settings.tax_codes.filter(pl.col("tax_code").is_not_null()).select(
         "tenant", pl.lit(app).alias("app"), pl.lit("tax_category").alias("entity"),
         pl.col("tax_category_id").alias("sequence_id"), pl.col("tax_code").alias("app_id"),
@@ -94,10 +96,15 @@ def settings_links(app: str, settings: SettingsFrames, linked_at: datetime) -> p
     return pl.concat([items, codes], how="vertical")
 
 
+# Confirmed write-back operations that make a twin (writeback/outbox.py's words, and reconcile's actions).
+LINKING_OPERATIONS = ("create", "import", "link", "create_item", "create_in_app", "import_to_sequence")
+
+
 def writeback_links(outbox: pl.LazyFrame | None, linked_at: datetime) -> pl.LazyFrame:
-    """Creates Ledgerlink itself made and the app confirmed (writeback.outbox), when that table exists. Only the
-    columns tenant, app, entity, sequence_id, app_id are required; state/operation and a confirmation time are
-    used when present."""
+    """Twins Ledgerlink itself made and the app confirmed (writeback.outbox), when that table exists: confirmed
+    creates, imports, links and item creations. Only tenant, app, entity, sequence_id and app_id are required;
+    state, operation, counterpart_app (an import writes to Sequence: its twin is in the counterpart app) and
+    confirmed_at are used when present."""
     if outbox is None:
         return empty_links()
     columns = outbox.collect_schema().names()
@@ -106,18 +113,17 @@ def writeback_links(outbox: pl.LazyFrame | None, linked_at: datetime) -> pl.Lazy
     frame = outbox
     if "state" in columns:
         frame = frame.filter(pl.col("state").str.to_lowercase() == "confirmed")
-    for name in ("operation", "action", "proposed_action"):
-        if name in columns:
-            frame = frame.filter(pl.col(name).str.to_lowercase().str.contains("create"))
-            break
+    if "operation" in columns:
+        frame = frame.filter(pl.col("operation").str.to_lowercase().is_in(LINKING_OPERATIONS))
+    app = pl.coalesce("counterpart_app", "app") if "counterpart_app" in columns else pl.col("app")
     when = next((c for c in ("confirmed_at", "updated_at", "sent_at") if c in columns), None)
     stamp = (pl.col(when).cast(LINKS_SCHEMA["linked_at"], strict=False) if when else pl.lit(None)).fill_null(
         pl.lit(linked_at, dtype=LINKS_SCHEMA["linked_at"]))
     return frame.select(
-        pl.col("tenant").cast(pl.String), pl.col("app").cast(pl.String), pl.col("entity").cast(pl.String),
+        pl.col("tenant").cast(pl.String), app.cast(pl.String).alias("app"), pl.col("entity").cast(pl.String),
         clean_text(pl.col("sequence_id")).alias("sequence_id"), clean_text(pl.col("app_id")).alias("app_id"),
         pl.lit("writeback").alias("method"), stamp.alias("linked_at"),
-    ).filter(pl.col("sequence_id").is_not_null() & pl.col("app_id").is_not_null())
+    ).filter(pl.col("sequence_id").is_not_null() & pl.col("app_id").is_not_null() & (pl.col("app") != SEQUENCE))
 
 
 def build_links(unified: Mapping[str, pl.LazyFrame], *, settings: Mapping[str, SettingsFrames] | None = None,
@@ -217,5 +223,5 @@ def match_candidates(sequence: pl.LazyFrame, app: pl.LazyFrame, *, entity: str, 
         pl.when(unique).then(pl.lit("link")).otherwise(pl.lit("review")).alias("proposed_action"),
         reason.alias("reason"),
     )
-    return Candidates(rows=rows.collect().lazy(), pairs=pairs.select("tenant", "app", pl.lit(entity).alias("entity"), "sequence_id",
-                                                    "app_id").collect().lazy())
+    pairs = pairs.select("tenant", "app", pl.lit(entity).alias("entity"), "sequence_id", "app_id")
+    return Candidates(rows=rows.collect().lazy(), pairs=pairs.collect().lazy())

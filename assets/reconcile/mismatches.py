@@ -13,18 +13,43 @@ proposed_action, reason (a sentence naming the record). Line-level rows carry th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
 
 import polars as pl
 
 from assets.reconcile.links import (
-    CUSTOMER_MATCHES, DOCUMENT_MATCHES, MISMATCH_SCHEMA, app_label, link_app, match_candidates,
+    CUSTOMER_MATCHES,
+    DOCUMENT_MATCHES,
+    MISMATCH_SCHEMA,
+    app_label,
+    link_app,
+    match_candidates,
 )
 from assets.reconcile.rules import (
-    DRAFT, SEQUENCE, UNIT_SCALE, VOID, SettingsFrames, clean_text, currency_conflicts, decimal_text,
-    expected_billing_email, expected_home_total, expected_invoice_date, expected_item, expected_tax_code,
-    folded_text, home_total_differs, import_failures, is_paid, line_description, merchant_email_note,
-    minor_units, money_text, paid_in_app_outcome, scaled_decimal, with_app_defaults,
+    DRAFT,
+    SEQUENCE,
+    UNIT_SCALE,
+    VOID,
+    SettingsFrames,
+    clean_text,
+    currency_conflicts,
+    decimal_text,
+    expected_billing_email,
+    expected_home_total,
+    expected_invoice_date,
+    expected_item,
+    expected_tax_code,
+    folded_text,
+    home_total_differs,
+    import_failures,
+    is_paid,
+    line_description,
+    merchant_email_note,
+    minor_units,
+    money_text,
+    paid_in_app_outcome,
+    scaled_decimal,
+    with_app_defaults,
 )
 
 KINDS = (
@@ -125,8 +150,8 @@ def _quoted(spec: FieldSpec, text: pl.Expr) -> pl.Expr:
 
 def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFrame, specs: Sequence[FieldSpec], *,
                      entity: str, subject: str | pl.Expr | None = None, sequence_key: str = "id",
-                     app_key: str = "id", sequence_ref: str | None = None,
-                     app_ref: str | None = None) -> pl.LazyFrame:
+                     app_key: str = "id", sequence_ref: str | None = None, app_ref: str | None = None,
+                     validate: bool = True) -> pl.LazyFrame:
     """Field-by-field diff of linked pairs: one mismatch row per (pair, spec) whose values differ.
 
     sequence  one row per Sequence record: `tenant`, `sequence_key` and whatever the specs read
@@ -134,53 +159,85 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
     links     the pairs to compare: `tenant`, `app`, `sequence_id`, `app_id` (keys of the two frames)
     subject   Sequence-side text naming the record in reasons (default: "<Entity> <id>")
     sequence_ref, app_ref   columns reported as sequence_id / app_id (default: the keys; lines report documents)
+    validate  check that each key names one record on its side (a join `validate="m:1"`); the unified contracts
+              already guarantee it, so a caller with inputs known to be unique may skip it (it is about a third
+              of the work)
 
-    Values are normalised per side before the join (so the join carries compact, comparable columns) and turned
-    into text only for the rows that differ. Returns a LazyFrame with MISMATCH_SCHEMA's columns.
+    Returns a LazyFrame with MISMATCH_SCHEMA's columns. Work is proportional to the differences: the join carries
+    the raw values; only pairs whose raw values differ are normalised and compared (normalising is a function,
+    so equal raw values can never differ; equal amounts in two currencies are the currency field's difference),
+    and only the rows that really differ get their text and reason.
     """
     if not specs:
         return empty_mismatches()
     if subject is None:
         subject = pl.concat_str([pl.lit(ENTITY_LABELS.get(entity, entity.replace("_", " ").capitalize()) + " "),
                                  pl.col(sequence_key)])
-    s_cols = [pl.col("tenant"), pl.col(sequence_key).alias("_skey"), pl.col(sequence_ref or sequence_key).alias("_sref"),
-              _expr(subject).alias("_subject")]
-    a_cols = [pl.col("tenant"), pl.col("app"), pl.col(app_key).alias("_akey"), pl.col(app_ref or app_key).alias("_aref")]
+    subject = _expr(subject)
+    # Each source column crosses the join once: Sequence columns under their own names (so the subject and the
+    # notes evaluate after the join, on the few rows that differ), app columns as "_a.<name>"; computed values
+    # as _s<i> / _a<i>.
+    seq_names = {"tenant", sequence_key, sequence_ref or sequence_key}
+    seq_names |= {name for expr in [subject, *(s.note for s in specs if s.note is not None)]
+                  for name in expr.meta.root_names()}
+    app_names = {app_key, app_ref or app_key}
+    s_computed: list[pl.Expr] = []
+    a_computed: list[pl.Expr] = []
+    s_refs: list[str] = []
+    a_refs: list[str] = []
     for i, spec in enumerate(specs):
-        s_cur = pl.col(spec.currency[0]) if spec.compare == "money" else None
-        a_cur = pl.col(spec.currency[1]) if spec.compare == "money" else None
         s_val, a_val = _expr(spec.sequence), _expr(spec.app)
-        s_cols += [s_val.alias(f"_s{i}"), _normalised(spec, s_val, s_cur).alias(f"_sn{i}")]
-        a_cols += [a_val.alias(f"_a{i}"), _normalised(spec, a_val, a_cur).alias(f"_an{i}")]
-        if s_cur is not None:
-            s_cols.append(s_cur.alias(f"_sc{i}"))
-            a_cols.append(a_cur.alias(f"_ac{i}"))
+        if s_val.meta.is_column():
+            s_refs.append(s_val.meta.output_name())
+            seq_names.add(s_refs[-1])
+        else:
+            s_refs.append(f"_s{i}")
+            s_computed.append(s_val.alias(s_refs[-1]))
+        if a_val.meta.is_column():
+            app_names.add(a_val.meta.output_name())
+            a_refs.append(f"_a.{a_val.meta.output_name()}")
+        else:
+            a_refs.append(f"_a{i}")
+            a_computed.append(a_val.alias(a_refs[-1]))
+        if spec.compare == "money":
+            seq_names.add(spec.currency[0])
+            app_names.add(spec.currency[1])
         if spec.when is not None:
-            s_cols.append(spec.when.alias(f"_w{i}"))
-        if spec.note is not None:
-            s_cols.append(spec.note.alias(f"_note{i}"))
-    pairs = links.select("tenant", "app", pl.col("sequence_id").alias("_skey"), pl.col("app_id").alias("_akey"))
-    joined = (pairs.join(sequence.select(s_cols), on=["tenant", "_skey"], how="inner", validate="m:1")
-              .join(app.select(a_cols), on=["tenant", "app", "_akey"], how="inner", validate="m:1"))
+            s_computed.append(spec.when.fill_null(False).alias(f"_w{i}"))
+    seq_names.discard("app")  # the pair's app comes from the links
+    seq = sequence.select(*(pl.col(n) for n in sorted(seq_names)), *s_computed)
+    other = app.select("tenant", "app", *(pl.col(n).alias(f"_a.{n}") for n in sorted(app_names - {"tenant", "app"})),
+                       *a_computed)
+    s_types, a_types = seq.collect_schema(), other.collect_schema()
+    pairs = links.select("tenant", "app", pl.col("sequence_id").alias(sequence_key),
+                         pl.col("app_id").alias(f"_a.{app_key}"))
+    check = "m:1" if validate else "m:m"
+    joined = (pairs.join(seq, on=["tenant", sequence_key], how="inner", validate=check)
+              .join(other, on=["tenant", "app", f"_a.{app_key}"], how="inner", validate=check))
+    s_ref, a_ref = pl.col(sequence_ref or sequence_key), pl.col(f"_a.{app_ref or app_key}")
     label = app_label(pl.col("app"))
     out = []
     for i, spec in enumerate(specs):
-        differs = pl.col(f"_sn{i}").ne_missing(pl.col(f"_an{i}"))
-        if spec.when is not None:
-            differs = differs & pl.col(f"_w{i}").fill_null(False)
-        s_cur = pl.col(f"_sc{i}") if spec.compare == "money" else None
-        a_cur = pl.col(f"_ac{i}") if spec.compare == "money" else None
-        s_text = _display(spec, pl.col(f"_s{i}"), s_cur)
-        a_text = _display(spec, pl.col(f"_a{i}"), a_cur)
-        note = pl.col(f"_note{i}").fill_null("") if spec.note is not None else pl.lit("")
-        reason = pl.concat_str([pl.col("_subject"), pl.lit(f": {spec.label} is "), _quoted(spec, s_text),
+        s_val, a_val = pl.col(s_refs[i]), pl.col(a_refs[i])
+        s_cur = pl.col(spec.currency[0]) if spec.compare == "money" else None
+        a_cur = pl.col(f"_a.{spec.currency[1]}") if spec.compare == "money" else None
+        candidates = joined.filter(pl.col(f"_w{i}")) if spec.when is not None else joined
+        if s_types[s_refs[i]] == a_types[a_refs[i]]:
+            candidates = candidates.filter(s_val.ne_missing(a_val))
+        # normalised in a step of their own, so the optimiser cannot fold them into the cheap filter above (a
+        # combined predicate would normalise every row)
+        candidates = candidates.with_columns(_normalised(spec, s_val, s_cur).alias("_sn"),
+                                             _normalised(spec, a_val, a_cur).alias("_an"))
+        differs = pl.col("_sn").ne_missing(pl.col("_an"))
+        s_text, a_text = _display(spec, s_val, s_cur), _display(spec, a_val, a_cur)
+        note = spec.note.fill_null("") if spec.note is not None else pl.lit("")
+        reason = pl.concat_str([subject, pl.lit(f": {spec.label} is "), _quoted(spec, s_text),
                                 pl.lit(" in Sequence but "), _quoted(spec, a_text), pl.lit(" in "), label, note,
                                 pl.lit(".")])
-        out.append(joined.filter(differs).select(
-            "tenant", "app", pl.lit(entity).alias("entity"), pl.col("_sref").alias("sequence_id"),
-            pl.col("_aref").alias("app_id"), pl.lit(spec.kind).alias("kind"), pl.lit(spec.field).alias("field"),
-            s_text.alias("sequence_value"), a_text.alias("app_value"), pl.lit(spec.action).alias("proposed_action"),
-            reason.alias("reason")))
+        out.append(candidates.filter(differs).select(
+            "tenant", "app", pl.lit(entity).alias("entity"), s_ref.alias("sequence_id"), a_ref.alias("app_id"),
+            pl.lit(spec.kind).alias("kind"), pl.lit(spec.field).alias("field"), s_text.alias("sequence_value"),
+            a_text.alias("app_value"), pl.lit(spec.action).alias("proposed_action"), reason.alias("reason")))
     return pl.concat(out, how="vertical")
 
 
@@ -199,7 +256,6 @@ class AppSpec:
     line_fields: tuple[FieldSpec, ...]
     line_link_key: Callable[[], pl.Expr]  # on an app line: the value Sequence stores in its line links
     documents: tuple[str, ...] = ("invoice", "credit_note")
-    extra: Mapping[str, object] = dataclass_field(default_factory=dict)
 
 
 DOCUMENT_TABLES = {"invoice": ("invoices", "invoice_lines"), "credit_note": ("credit_notes", "credit_note_lines")}
@@ -352,7 +408,8 @@ def find_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame, se
     out.append(_rows(missing, entity="customer", kind="missing_in_app", action="create_in_app", app=pl.lit(app_name),
                      sequence_id=pl.col("id"), reason=pl.concat_str([
                          pl.col("_subject"), pl.lit(" is in Sequence but not linked to any "), label,
-                         pl.lit(" customer, and none matches it by email or name: create it in "), label, pl.lit(".")])))
+                         pl.lit(" customer, and none matches it by email or name: create it in "), label,
+                         pl.lit(".")])))
     absent = (unlinked_app.filter(pl.col("active").fill_null(True))
               .join(candidates.pairs, left_on=["tenant", "app", "id"], right_on=["tenant", "app", "app_id"],
                     how="anti"))
@@ -573,7 +630,8 @@ def _line_mismatches(entity: str, seq_lines: pl.LazyFrame, app_lines: pl.LazyFra
                .unique(subset=["tenant", "app", "app_id"], keep="first"))
     rest_seq = settle(seq.join(by_link, left_on=["tenant", "_key"], right_on=["tenant", "sequence_id"], how="anti")
                 .with_columns(_left=pl.col("position").rank("ordinal").over("tenant", "document_id")))
-    rest_app = settle(app.join(by_link, left_on=["tenant", "app", "_key"], right_on=["tenant", "app", "app_id"], how="anti")
+    rest_app = settle(app.join(by_link, left_on=["tenant", "app", "_key"], right_on=["tenant", "app", "app_id"],
+                               how="anti")
                 .with_columns(_left=pl.col("position").rank("ordinal").over("tenant", "app", "document_id")))
     by_position = settle(rest_seq.select("tenant", pl.lit(app_name).alias("app"), pl.col("_key").alias("sequence_id"),
                                    pl.col("_app_document").alias("document_id"), "_left")
@@ -666,8 +724,8 @@ def _tax_category_mismatches(seq_categories: pl.LazyFrame, app_codes: pl.LazyFra
     """Tax category -> tax code mappings (and the fallback, exempt and reverse-charge codes) that name a tax code
     the app does not have or has made inactive."""
     label = app_label(pl.lit(app_name))
-    codes = app_codes.select("tenant", pl.col("id").alias("tax_code"), pl.col("active").fill_null(True).alias("_active"),
-                             pl.col("name").alias("_code_name"))
+    codes = app_codes.select("tenant", pl.col("id").alias("tax_code"),
+                             pl.col("active").fill_null(True).alias("_active"), pl.col("name").alias("_code_name"))
     names = seq_categories.select("tenant", pl.col("id").alias("tax_category_id"), pl.col("name").alias("_name"))
     mapped = (settings.tax_codes.filter(pl.col("tax_code").is_not_null())
               .join(codes, on=["tenant", "tax_code"], how="left", validate="m:1")

@@ -7,14 +7,13 @@ import polars as pl
 
 from assets.reconcile.mismatches import AppSpec, FieldSpec
 
-ADDRESS = (("line1", "first address line", "text"), ("line2", "second address line", "text"),
-           ("city", "city", "text"), ("region", "region", "text"), ("postal_code", "postal code", "text_ci"),
-           ("country", "country", "code"))
+ADDRESS = (("line1", "address line 1", "text"), ("line2", "address line 2", "text"), ("city", "city", "text"),
+           ("region", "region", "text"), ("postal_code", "postal code", "text_ci"), ("country", "country", "code"))
 
 CUSTOMER_FIELDS = (
     FieldSpec("name", "name", "name", "name"),
     FieldSpec("billing_email", "billing email", "email", "email", compare="text_ci"),
-    *(FieldSpec(f"billing_address.{part}", f"billing address {label}", part, part, compare=compare)
+    *(FieldSpec(f"billing_address.{part}", f"billing {label}", part, part, compare=compare)
       for part, label, compare in ADDRESS),
 )
 
@@ -24,7 +23,7 @@ DOCUMENT_FIELDS = (
               when=pl.col("expected_customer_id").is_not_null()),
     FieldSpec("billing_email", "billing email", "expected_billing_email", "billing_email", compare="text_ci",
               note=pl.col("billing_email_note")),
-    *(FieldSpec(f"billing_address.{part}", f"billing address {label}", f"billing_{part}", f"billing_{part}",
+    *(FieldSpec(f"billing_address.{part}", f"billing {label}", f"billing_{part}", f"billing_{part}",
                 compare=compare) for part, label, compare in ADDRESS),
     FieldSpec("invoice_date", "invoice date", "expected_date", "app_date", compare="date",
               note=pl.concat_str([pl.lit(" (the settings use the "), pl.col("invoice_date").fill_null("issue"),

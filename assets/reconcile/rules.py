@@ -149,7 +149,6 @@ def settings_frames(settings: Mapping[str, Mapping[str, Any]]) -> SettingsFrames
         row = {name: body.get(name) for name in TENANT_SETTINGS_SCHEMA if name != "tenant"}
         row["tenant"] = tenant
         row["merchant_email"] = (row["merchant_email"] or "").strip().lower() or None
-        row["us_sales_tax"] = body.get("us_sales_tax")
         rows.append(row)
         for category, code in (body.get("tax_codes") or {}).items():
             codes.append({"tenant": tenant, "tax_category_id": str(category), "tax_code": _text(code)})
@@ -278,8 +277,11 @@ def import_failures(customers: pl.LazyFrame) -> pl.LazyFrame:
     }
     if "country_as_sent" not in customers.collect_schema().names():
         customers = customers.with_columns(country_as_sent=pl.lit(None, pl.String))
-    problems = dict(IMPORT_REQUIREMENTS)
-    return pl.concat([customers.filter(failing).with_columns(field=pl.lit(field), problem=pl.lit(problems[field]),
+    problems = {field: pl.lit(text) for field, text in IMPORT_REQUIREMENTS}
+    problems["billing_address.country"] = pl.when(pl.col("country_as_sent").is_not_null()).then(
+        pl.concat_str([pl.lit("has country '"), pl.col("country_as_sent"), pl.lit("', not an alpha-2 code")])
+    ).otherwise(problems["billing_address.country"])
+    return pl.concat([customers.filter(failing).with_columns(field=pl.lit(field), problem=problems[field],
                                                              value=clean_text(value))
                       for field, (failing, value) in checks.items()], how="vertical")
 

@@ -56,7 +56,8 @@ class Sandbox:
         for app, served in self.served.items():
             for tenant in served.emulator.tenants:
                 entry = tenants.setdefault(tenant, {"settings": self.settings.get(tenant, {}), "connections": {}})
-                entry["connections"][app] = _connection_entry(app, tenant, served.url)
+                entry["connections"][app] = _connection_entry(app, tenant, served.url,
+                                                              served.emulator.limits.enabled)
         return {"sandbox": True, "tenants": dict(sorted(tenants.items()))}
 
     def environment(self) -> dict[str, str]:
@@ -89,10 +90,13 @@ def _secrets(app: str, tenant: str) -> dict[str, str]:
     raise ValueError(app)
 
 
-def _connection_entry(app: str, tenant: str, url: str) -> dict:
+def _connection_entry(app: str, tenant: str, url: str, rate_limits: bool) -> dict:
     entry: dict[str, Any] = {"base_url": url}
     if app == "quickbooks":
         entry["realm_id"] = identity.quickbooks_realm_id(tenant)
+    if not rate_limits:
+        # the emulator enforces no limit, so the client need not pace itself to the real one
+        entry["requests_per_minute"] = 1_000_000
     entry["secrets"] = {name: env_name(tenant, app, name) for name in _secrets(app, tenant)}
     return entry
 

@@ -29,18 +29,25 @@ def test_vendor_service_names_become_app_ids(co):
     assert links.select("app", "app_id").rows() == [(QBO, "7")]
 
 
-def test_confirmed_creates_of_earlier_write_backs_link_records(co):
+def test_confirmed_creates_and_imports_of_earlier_write_backs_link_records(co):
     co.row("customers", SEQ, "c1", links=None)
-    outbox = pl.DataFrame({
-        "tenant": ["t1", "t1", "t1"], "app": [QBO] * 3, "entity": ["customer"] * 3,
-        "sequence_id": ["c1", "c1", "c9"], "app_id": ["1", "2", "3"],
-        "operation": ["create", "create", "update"], "state": ["confirmed", "failed", "confirmed"],
-        "confirmed_at": [datetime(2025, 6, 1, tzinfo=UTC), None, datetime(2025, 6, 2, tzinfo=UTC)]})
+    co.rows["customers"] += [
+        {"tenant": "t1", "app": SEQ, "id": "c20", "name": "Imported Ltd", "email": "ap@imported.example",
+         "app_status": "ACTIVE"},
+        {"tenant": "t1", "app": QBO, "id": "20", "name": "Imported Ltd", "email": "ap@imported.example"}]
+    outbox = pl.DataFrame({  # writeback.outbox's columns (the ones reconciliation reads)
+        "tenant": ["t1"] * 4, "app": [QBO, QBO, QBO, SEQ], "entity": ["customer"] * 4,
+        "operation": ["create", "create", "update", "import"], "sequence_id": ["c1", "c1", "c9", "c20"],
+        "app_id": ["1", "2", "3", "20"], "counterpart_app": [None, None, None, QBO],
+        "state": ["confirmed", "failed", "confirmed", "confirmed"],
+        "confirmed_at": [datetime(2025, 6, 1, tzinfo=UTC), None, datetime(2025, 6, 2, tzinfo=UTC),
+                         datetime(2025, 6, 3, tzinfo=UTC)]})
     links, mismatches = co.reconcile(outbox=outbox)
-    customer = links.filter(pl.col("entity") == "customer")
-    assert customer.select("sequence_id", "app_id", "method", "linked_at").rows() == [
-        ("c1", "1", "writeback", datetime(2025, 6, 1, tzinfo=UTC))]
-    assert mismatches.height == 0  # the pair is compared like any other, and agrees
+    customer = links.filter(pl.col("entity") == "customer").sort("sequence_id")
+    assert customer.select("app", "sequence_id", "app_id", "method", "linked_at").rows() == [
+        (QBO, "c1", "1", "writeback", datetime(2025, 6, 1, tzinfo=UTC)),
+        (QBO, "c20", "20", "writeback", datetime(2025, 6, 3, tzinfo=UTC))]  # an import's twin is the counterpart
+    assert mismatches.height == 0  # the pairs are compared like any other, and agree
 
 
 def test_no_outbox_table_is_no_write_back_links():
