@@ -58,7 +58,8 @@ def sandbox(fixtures: Path, registry: Path, rate_limits: bool, port_base: int, a
 @click.option("--invoices", type=int, default=runtime.DEMO_INVOICES, show_default=True)
 @click.option("--tenants", type=int, default=3, show_default=True)
 def demo(invoices: int, tenants: int) -> None:
-    """Fresh demo: generate data, start the sandbox, materialize every asset, say what the warehouse holds."""
+    """Fresh demo: generate data, start the sandbox, materialize every asset, write back on the sandbox and
+    reconcile again, say what the warehouse holds and what is left."""
     started = time.perf_counter()
     runtime.reset_demo_state()
     manifest = runtime.generate_fixtures(runtime.FIXTURES, invoices=invoices, tenants=tenants, seed=7, clean=False)
@@ -68,6 +69,8 @@ def demo(invoices: int, tenants: int) -> None:
         click.echo("[demo] sandbox: " + ", ".join(f"{app} {url}" for app, url in box.urls.items()))
         os.environ.update(box.environment())
         results = runtime.materialize_all(echo=click.echo)
+        # the loop closes: plan -> apply on the sandbox -> extract, unify, reconcile again
+        results.update(runtime.demo_write_back(echo=click.echo))
     click.echo(runtime.describe_warehouse(runtime.warehouse_path()))
     report = runtime.report_path()
     if report.exists():
@@ -163,6 +166,49 @@ def sql(query: str, fmt: str, warehouse: Path | None) -> None:
     try:
         click.echo(runtime.run_sql(query, warehouse or runtime.warehouse_path(), fmt), nl=False)
     except (FileNotFoundError, duckdb.Error) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--tenant", default=None, help="Only this tenant (default: every tenant with QuickBooks).")
+def plan(tenant: str | None) -> None:
+    """Show every write that would bring Sequence and the connected apps into agreement, per tenant with its
+    reason, from the current warehouse (nothing is recorded or sent)."""
+    for line in _writeback(lambda: runtime.show_plan(tenant=tenant)):
+        click.echo(line)
+
+
+@main.command()
+@click.option("--tenant", default=None, help="Only this tenant.")
+@click.option("--write", is_flag=True, help="Write to apps that are not the sandbox too (default there: dry run).")
+def apply(tenant: str | None, write: bool) -> None:
+    """Plan into writeback.outbox and send the pending writes, exactly once (safe to interrupt and run again).
+    The sandbox (loopback) is written to; anything else only with --write."""
+    result = _writeback(lambda: runtime.apply_writes(tenant=tenant, write=write, echo=click.echo))
+    if result.counts.get("failed"):
+        raise click.ClickException(f"{result.counts['failed']} writes failed (see writeback.outbox.error)")
+
+
+@main.command()
+@click.argument("invoice")
+@click.option("--write", is_flag=True, help="Write to apps that are not the sandbox too (default there: dry run).")
+def resync(invoice: str, write: bool) -> None:
+    """Re-plan and re-send one Sequence invoice (and what it waits for: its customer, its items), as Sequence's
+    dashboard does for a failed sync."""
+    _, result = _writeback(lambda: runtime.resync_invoice(invoice, write=write, echo=click.echo))
+    if result.counts.get("failed"):
+        raise click.ClickException(f"{result.counts['failed']} writes failed (see writeback.outbox.error)")
+
+
+def _writeback(run):
+    """Runs a write-back verb; a missing warehouse or registry, or a busy warehouse, is one line, not a trace."""
+    import duckdb
+
+    from connectors.registry import RegistryError
+
+    try:
+        return run()
+    except (FileNotFoundError, RegistryError, duckdb.Error) as exc:
         raise click.ClickException(str(exc)) from None
 
 

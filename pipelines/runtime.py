@@ -138,7 +138,8 @@ def sync_partitions(instance=None) -> dict[str, list[str]]:
 def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[str] | None = None,
                     echo: Callable[[str], None] = print) -> dict[str, bool]:
     """Materializes each app's extraction assets for each connection, one run per connection, then the unified
-    model in one run (`results["unified"]`), recorded in the persistent Dagster instance (so the UI shows them).
+    model in one run (`results["unified"]`) and the reconciliation in another (`results["reconcile"]`), recorded
+    in the persistent Dagster instance (so the UI shows them).
     A failing connection does not stop the others."""
     from dagster import DagsterInstance, materialize
 
@@ -270,3 +271,156 @@ def run_sql(query: str, path: Path, fmt: str = "table") -> str:
         return frame.write_json() + "\n"
     with pl.Config(tbl_rows=200, tbl_cols=50, fmt_str_lengths=60, tbl_width_chars=200):
         return f"{frame}\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Write-back: plan, apply, re-sync, and the demo's second reconciliation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def registry_file() -> Path:
+    return Path(os.environ.get("LEDGERLINK_REGISTRY") or REGISTRY)
+
+
+def _writeback_context():
+    from assets.resources import Ledgerlink
+
+    resource = Ledgerlink()
+    return resource, resource.registry()
+
+
+def show_plan(*, tenant: str | None = None, invoice: str | None = None) -> list[str]:
+    """`ledgerlink plan`: the writes the current warehouse asks for, per tenant with reasons (nothing recorded)."""
+    from assets.writeback.assets import plan_lines, plan_writes
+
+    resource, registry = _writeback_context()
+    planned = plan_writes(resource.warehouse, registry, tenants=[tenant] if tenant else None, invoice=invoice,
+                          record=False)
+    return plan_lines(planned)
+
+
+def apply_writes(*, tenant: str | None = None, write: bool = False, echo: Callable[[str], None] = print):
+    """`ledgerlink apply`: plans into writeback.outbox, then sends what is pending (dry run outside the sandbox
+    unless `write`). Safe to kill and run again: nothing is written twice."""
+    from assets.writeback.assets import apply_writes as send, plan_writes
+
+    resource, registry = _writeback_context()
+    tenants = [tenant] if tenant else None
+    planned = plan_writes(resource.warehouse, registry, tenants=tenants)
+    echo(f"[plan] {planned.plan.height} writes ({planned.merge.summary()})")
+    result = send(resource.warehouse, registry, resource.token_store(), allow_writes=write, tenants=tenants,
+                  registry_path=registry_file(), echo=echo)
+    echo(f"[apply] {result.summary()}")
+    return result
+
+
+def resync_invoice(invoice: str, *, write: bool = False, echo: Callable[[str], None] = print):
+    """`ledgerlink resync INVOICE`: re-plans one Sequence invoice and re-sends it (and what it waits for)."""
+    from assets.writeback.assets import plan_lines, resync
+
+    resource, registry = _writeback_context()
+    planned, result = resync(resource.warehouse, registry, resource.token_store(), invoice, allow_writes=write,
+                             registry_path=registry_file(), echo=echo)
+    for line in plan_lines(planned):
+        echo(line)
+    echo(f"[resync] {result.summary()}")
+    return planned, result
+
+
+def write_back(instance, resources, echo: Callable[[str], None] = print, *, allow_writes: bool = False) -> bool:
+    """The write-back assets in one run (plan, then apply), recorded in the Dagster instance."""
+    from dagster import materialize
+
+    from assets.writeback.assets import APPLY_KEY, PLAN_KEY, WRITEBACK_ASSETS
+
+    echo("[writeback] plan and apply ...")
+    result = materialize(WRITEBACK_ASSETS, instance=instance, resources=resources, raise_on_error=False,
+                         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                                     "ops": {"writeback__apply": {"config": {"allow_writes": allow_writes}}}})
+    meta = {tuple(e.materialization.asset_key.path): e.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+    plan, applied = meta.get(tuple(PLAN_KEY.path), {}), meta.get(tuple(APPLY_KEY.path), {})
+    if plan:
+        echo(f"[writeback] planned {plan['writes_planned'].value} writes "
+             f"({plan['writes_skipped'].value} refused by a contract or waiting on one)")
+    for line in outbox_summary(warehouse_path()):
+        echo(f"[writeback]   {line}")
+    if applied:
+        echo("[writeback] " + ", ".join(f"{applied[k].value} {k}" for k in ("confirmed", "failed", "skipped", "waiting"))
+             + f", {applied['requests_total'].value} HTTP requests")
+    echo(f"[writeback] {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
+    return result.success
+
+
+def outbox_summary(warehouse: Path) -> list[str]:
+    """One line per tenant: its writes by app and operation, with their states."""
+    if not warehouse.exists():
+        return []
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        if not con.execute("select count(*) from information_schema.tables where table_schema = 'writeback' "
+                           "and table_name = 'outbox'").fetchall()[0][0]:
+            return []
+        rows = con.execute("select tenant, app, operation, count(*), count(*) filter (where state = 'confirmed') "
+                           "from writeback.outbox group by all order by all").fetchall()
+    lines: dict[str, list[str]] = {}
+    for tenant, app, operation, n, confirmed in rows:
+        lines.setdefault(tenant, []).append(f"{app} {operation} {confirmed}/{n}")
+    return [f"{tenant}: " + ", ".join(parts) + " (confirmed/all)" for tenant, parts in lines.items()]
+
+
+def _replan():
+    from assets.writeback.assets import plan_writes
+
+    resource, registry = _writeback_context()
+    return plan_writes(resource.warehouse, registry, record=False)
+
+
+def mismatches_by_action(warehouse: Path) -> dict[str, int]:
+    if not warehouse.exists():
+        return {}
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        exists = con.execute("select count(*) from information_schema.tables where table_schema = 'reconcile' "
+                             "and table_name = 'mismatches'").fetchall()[0][0]
+        if not exists:
+            return {}
+        return dict(con.execute("select proposed_action, count(*) from reconcile.mismatches group by 1 "
+                                "order by 2 desc").fetchall())
+
+
+def demo_write_back(echo: Callable[[str], None] = print) -> dict[str, bool]:
+    """After the first reconciliation: plan -> apply on the sandbox -> extract, unify and reconcile again, and say
+    what is left: no write should remain to make; what remains needs a person (review, settings) or was refused
+    by a payload contract, with the reason."""
+    from dagster import DagsterInstance
+
+    from assets.writeback.plan import WRITE_ACTIONS
+    from pipelines.definitions import defs
+
+    def writable(counts: dict[str, int]) -> int:
+        return sum(n for action, n in counts.items() if action in WRITE_ACTIONS)
+
+    before = mismatches_by_action(warehouse_path())
+    echo(f"[writeback] reconciliation found {sum(before.values())} mismatches; {writable(before)} a write can fix ("
+         + ", ".join(f"{a} {n}" for a, n in before.items() if a in WRITE_ACTIONS) + ")")
+    ok = write_back(DagsterInstance.get(), defs.resources, echo)
+    echo("[writeback] extracting, unifying and reconciling again ...")
+    results = {f"after-writeback {k}": v for k, v in materialize_all(echo=echo).items()}
+    after = mismatches_by_action(warehouse_path())
+    planned = _replan()
+    rows = planned.plan.join(planned.states, on="idempotency_key", how="left").to_dicts()
+    # still to write: a planned row not confirmed yet; refused: a row a contract (or a dependency) holds back
+    to_write = [r for r in rows if r["state"] == "planned" and r["outbox_state"] != "confirmed"]
+    refused = [r for r in rows if r["state"] == "skipped"]
+    people = ", ".join(f"{a} {n}" for a, n in after.items() if a not in WRITE_ACTIONS)
+    if not to_write:
+        echo(f"[demo] no actionable mismatch left: {writable(before)} mismatches a write could fix before, "
+             f"0 writes left to make now." + (f" Left for a person: {people}." if people else ""))
+    else:
+        echo(f"[demo] {len(to_write)} writes still to make after write-back:")
+        for r in to_write:
+            echo(f"  {r['tenant']} {r['app']} {r['operation']} {r['entity']} {r['sequence_id'] or r['app_id']}: "
+                 f"{r['reason']}")
+    for r in refused:
+        echo(f"[demo] refused, needs a person: {r['tenant']} {r['app']} {r['operation']} {r['entity']} "
+             f"{r['sequence_id'] or r['app_id']}: {r['error']}")
+    return {"writeback": ok and not to_write, **results}

@@ -1,0 +1,1 @@
+"""Write-back: reconcile.mismatches -> a plan of writes (dry run) -> writeback.outbox -> apply, exactly once."""

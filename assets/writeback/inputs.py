@@ -1,0 +1,86 @@
+"""What planning reads from the warehouse: the unified tables, reconcile.links and reconcile.mismatches, the
+outbox, and the few QuickBooks facts the unified model does not carry (SyncTokens, exchange rates, the
+company's currency preferences, customers' default tax codes) from raw_quickbooks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from assets.reconcile.assets import LINKS_TABLE, MISMATCHES_TABLE, read_unified
+from assets.reconcile.links import LINKS_SCHEMA, MISMATCH_SCHEMA
+from assets.warehouse import table_exists
+from assets.writeback import outbox
+from assets.writeback.plan import QUICKBOOKS, PlanInputs, QuickBooksState
+from connectors.registry import Registry
+
+# raw_quickbooks table -> unified entity (the records whose SyncToken an update needs)
+VERSIONED = {"customer": "customer", "invoice": "invoice", "creditmemo": "credit_note", "item": "product"}
+
+
+def _columns(con: duckdb.DuckDBPyConnection, qualified: str) -> set[str]:
+    schema, table = qualified.split(".")
+    return {r[0] for r in con.execute("select column_name from information_schema.columns where table_schema = ? "
+                                      "and table_name = ?", [schema, table]).fetchall()}
+
+
+def _select(con: duckdb.DuckDBPyConnection, qualified: str, columns: Mapping[str, str],
+            schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+    """`select <raw column> as <name>, ...` when the table has every raw column; no rows otherwise. Rows dlt
+    marked deleted are left out."""
+    if not table_exists(con, qualified) or not set(columns.values()) <= _columns(con, qualified):
+        return pl.LazyFrame(schema=dict(schema))
+    where = " where _deleted is not true" if "_deleted" in _columns(con, qualified) else ""
+    sql = f"select {', '.join(f'{raw} as {name}' for name, raw in columns.items())} from {qualified}{where}"
+    return con.sql(sql).pl().lazy().cast(dict(schema))
+
+
+def read_quickbooks_state(con: duckdb.DuckDBPyConnection) -> QuickBooksState:
+    empty = QuickBooksState.empty()
+    versions = [
+        _select(con, f"raw_quickbooks.{table}", {"tenant": "tenant", "id": "id", "sync_token": "sync_token"},
+                {"tenant": pl.String, "id": pl.String, "sync_token": pl.String})
+        .with_columns(entity=pl.lit(entity)).select("tenant", "entity", "id", "sync_token")
+        for table, entity in VERSIONED.items()]
+    rates = _select(con, "raw_quickbooks.exchangerate",
+                    {"tenant": "tenant", "currency": "source_currency_code", "home_currency": "target_currency_code",
+                     "rate": "rate", "as_of": "as_of_date"},
+                    {"tenant": pl.String, "currency": pl.String, "home_currency": pl.String,
+                     "rate": pl.Decimal(38, 9), "as_of": pl.String})
+    companies = _select(con, "raw_quickbooks.preferences",
+                        {"tenant": "tenant", "home_currency": "currency_prefs__home_currency__value",
+                         "multi_currency": "currency_prefs__multi_currency_enabled"},
+                        {"tenant": pl.String, "home_currency": pl.String, "multi_currency": pl.Boolean})
+    tax_codes = _select(con, "raw_quickbooks.customer",
+                        {"tenant": "tenant", "id": "id", "default_tax_code": "default_tax_code_ref__value"},
+                        {"tenant": pl.String, "id": pl.String, "default_tax_code": pl.String})
+    return QuickBooksState(
+        versions=pl.concat(versions, how="vertical").unique(subset=["tenant", "entity", "id"], keep="last"),
+        exchange_rates=rates.with_columns(pl.col("as_of").str.to_date(strict=False)).cast(
+            empty.exchange_rates.collect_schema()),
+        companies=companies.unique(subset=["tenant"], keep="last"),
+        customer_tax_codes=tax_codes)
+
+
+def app_settings(registry: Registry) -> dict[str, Mapping[str, Any]]:
+    """tenant -> the integration settings of its QuickBooks connection."""
+    return {c.tenant: dict(c.settings) for c in registry.for_app(QUICKBOOKS)}
+
+
+def read_inputs(con: duckdb.DuckDBPyConnection, registry: Registry) -> PlanInputs:
+    def table(name: str, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+        if not table_exists(con, name):
+            return pl.LazyFrame(schema=dict(schema))
+        return con.sql(f"select * from {name}").pl().lazy().select(list(schema)).cast(dict(schema))
+
+    return PlanInputs(
+        unified=read_unified(con),
+        links=table(LINKS_TABLE, LINKS_SCHEMA),
+        mismatches=table(MISMATCHES_TABLE, MISMATCH_SCHEMA),
+        settings=app_settings(registry),
+        quickbooks=read_quickbooks_state(con),
+        outbox=outbox.read(con).lazy(),
+    )
