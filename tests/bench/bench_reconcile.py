@@ -1,22 +1,31 @@
 """Benchmark: reconcile N synthetic invoice pairs (Sequence vs QuickBooks) field by field.
 
 Side by side, in one run, from the same two parquet files per size:
-  ledgerlink  the reconciliation's own diff, `assets.reconcile.mismatches.field_mismatches` (Polars lazy)
-  duckdb      plain SQL: full outer join on the link, one UNION ALL branch per field, IS DISTINCT FROM on
-              normalised values, reading the parquet files directly with all threads
-  pandas      merge(how="outer", indicator=True), then one vectorised comparison per field (Arrow dtypes)
-Each contender runs in its own fresh process, so its wall time and peak RSS (the kernel's high-water mark for
-that process, from wait4) are its own. Reading the two files alone is measured in another process per engine and
-reported apart. All contenders must report the same mismatch rows (key, field, both values) and exactly the
-differences the generator planted, or the run fails before printing a figure.
+  ledgerlink   the reconcile step's diff: `assets.reconcile.mismatches.field_mismatches` (Polars lazy), called as
+               the reconciliation calls it, plus its anti joins for records on one side only
+  DuckDB SQL   plain SQL: full outer join on the link, one UNION ALL branch per field, IS DISTINCT FROM on
+               normalised values, reading the parquet files directly with all threads
+  DuckDB SQL + pre-check   the same, given the shortcut ledgerlink's diff takes (only pairs whose raw values
+               differ are normalised): for reference, so the comparison is of engines as well as of algorithms
+  pandas       merge(how="outer", indicator=True), then one vectorised comparison per field (Arrow dtypes)
+All apply the reconciliation's rules: text trimmed, inner whitespace collapsed, empty = null; e-mails case-folded;
+amounts at each side's currency's minor units (CLDR via babel: 2 digits for GBP/EUR/USD, 0 for JPY); two nulls
+agree, one null differs; values reported as the reconciliation prints them.
 
-Data: N pairs, linked 1:1 by the QuickBooks id; ~1 % exist only in Sequence, ~1 % only in QuickBooks, ~5 % differ
-in one field, spread over every compared field. Noise that is not a difference: e-mail case and surrounding
-whitespace, and sub-minor-unit digits on Decimal(38, 9) amounts (compared at the currency's minor units:
-2 decimals for GBP/EUR/USD, 0 for JPY).
+Each contender runs in its own fresh process (--repeat times, interleaved; the fastest run is reported, the
+machine may be shared): wall and CPU seconds as it timed itself, peak RSS as the kernel's high-water mark for that
+process (wait4), engine imports excluded. Reading the two files alone is measured in another process and reported
+apart. Every contender must report exactly the differences the generator planted (per field) and the very same
+rows (key, field, both values as text), or the run fails before printing a figure.
 
-    make bench                                        # 1M and 10M pairs
-    python -m tests.bench.bench_reconcile --pairs 10000   # a quick look
+Data (Polars expressions, seeded, no numpy): N pairs linked 1:1 by the QuickBooks id; ~1 % only in Sequence
+(unlinked), ~1 % only in QuickBooks, ~5 % differing in one field, spread over every compared field. Noise that
+must not count: e-mail case and surrounding whitespace, doubled spaces in memos, sub-minor-unit digits on the
+Decimal(38, 9) amounts (at most 0.0004, never a rounding tie, so half-even and half-away rounding agree).
+
+    make bench                                            # 1M and 10M pairs
+    python -m tests.bench.bench_reconcile --pairs 10000   # a quick look (seconds)
+    python -m tests.bench.bench_reconcile --repeat 3      # best of three per contender
 """
 
 from __future__ import annotations
@@ -36,8 +45,10 @@ import polars as pl
 
 MONEY = pl.Decimal(38, 9)
 TENANTS = 8
-CONTENDERS = ["ledgerlink", "duckdb", "pandas"]
-LABELS = {"ledgerlink": "ledgerlink (Polars)", "duckdb": "DuckDB SQL", "pandas": "pandas merge"}
+CONTENDERS = ["ledgerlink", "duckdb", "duckdb_precheck", "pandas"]
+LABELS = {"ledgerlink": "ledgerlink (Polars)", "duckdb": "DuckDB SQL", "duckdb_precheck": "DuckDB SQL + pre-check",
+          "pandas": "pandas merge"}
+SHORT = {"ledgerlink": "ours", "duckdb": "DuckDB", "duckdb_precheck": "DuckDB+pre", "pandas": "pandas"}
 AMOUNTS = ["net_total", "gross_total", "balance"]
 FIELDS = ["number", "customer_id", "currency", "invoice_date", "due_date", "memo", "billing_email", *AMOUNTS, "status"]
 # the two record-level kinds, counted beside the fields
@@ -163,7 +174,8 @@ def generate(pairs: int, seed: int, sequence_path: Path, quickbooks_path: Path) 
     try:
         for start in range(0, pairs, CHUNK):
             truth = _truth(start, min(start + CHUNK, pairs), pairs, seed)
-            for path, side in ((sequence_path, _sequence_side(truth)), (quickbooks_path, _quickbooks_side(truth, seed))):
+            sides = ((sequence_path, _sequence_side(truth)), (quickbooks_path, _quickbooks_side(truth, seed)))
+            for path, side in sides:
                 table = side.to_arrow()
                 if path not in writers:
                     writers[path] = pq.ParquetWriter(path, table.schema, compression="zstd")
@@ -240,7 +252,10 @@ def run_ledgerlink(sequence_path: Path, quickbooks_path: Path) -> pl.DataFrame:
     ], how="vertical").collect()
 
 
-def _duckdb_sql(sequence_path: Path, quickbooks_path: Path, materialized: str = "") -> str:
+def _duckdb_sql(sequence_path: Path, quickbooks_path: Path, precheck: bool = False) -> str:
+    """The plain diff: normalised values computed once per pair (in the CTE, which DuckDB materialises once),
+    compared per field. With `precheck`, the shortcut ledgerlink's diff takes: a branch normalises only the pairs
+    whose raw values differ (equal raw values cannot differ once normalised)."""
     scales = currency_scales()
 
     def digits(currency: str) -> str:
@@ -248,14 +263,15 @@ def _duckdb_sql(sequence_path: Path, quickbooks_path: Path, materialized: str = 
 
     def per_scale(column: str, currency: str, each: str) -> str:
         # round() wants a constant scale, so one branch per scale in use
-        return f"CASE {digits(currency)} " + " ".join(
-            f"WHEN {d} THEN {each.format(x=f'round({column}, {d})', d=d)}" for d in sorted(set(scales.values()))) + " END"
+        cases = " ".join(f"WHEN {d} THEN {each.format(x=f'round({column}, {d})', d=d)}"
+                         for d in sorted(set(scales.values())))
+        return f"CASE {digits(currency)} {cases} END"
 
     def cleaned(column: str) -> str:
         return f"nullif(trim(regexp_replace({column}, '\\s+', ' ', 'g')), '')"
 
     def compared(field: str, side: str) -> str:
-        column = f"{side}.{field}"
+        column, currency = f"{side}{field}", f"{side}currency"
         match COMPARE[field]:
             case "text" | "code":
                 return cleaned(column)
@@ -264,34 +280,41 @@ def _duckdb_sql(sequence_path: Path, quickbooks_path: Path, materialized: str = 
             case "money":
                 # each branch cast back to one type: CASE would unify DECIMAL(38,0) and (38,2) to (38,0) and
                 # silently drop the cents
-                return per_scale(column, f"{side}.currency", "{x}::DECIMAL(38, 9)")
+                return per_scale(column, currency, "{x}::DECIMAL(38, 9)")
             case _:
                 return column
 
-    def shown(field: str, prefix: str) -> str:
-        column = f"{prefix}{field}"
+    def shown(field: str, side: str) -> str:
+        column, currency = f"{side}{field}", f"{side}currency"
         match COMPARE[field]:
             case "text" | "code" | "text_ci":
                 return cleaned(column)
             case "money":
-                return per_scale(column, f"{prefix}currency", "{x}::DECIMAL(38, {d})::VARCHAR")
+                return per_scale(column, currency, "{x}::DECIMAL(38, {d})::VARCHAR")
             case _:
                 return f"{column}::VARCHAR"
 
-    # the pairs carry each side's raw and comparable values; display text is made for differing rows only
-    raw = sorted({"currency", *FIELDS})
-    columns = ",\n      ".join(
-        [f"s.{c} AS s_{c}, q.{c} AS q_{c}" for c in raw]
-        + [f"{compared(f, 's')} AS s_{f}_cmp, {compared(f, 'q')} AS q_{f}_cmp" for f in FIELDS])
+    # the pairs carry each side's raw values (display text is made for differing rows only) and, for the plain
+    # diff, the normalised ones
+    columns = [f"s.{c} AS s_{c}, q.{c} AS q_{c}" for c in sorted({"currency", *FIELDS})]
+    if not precheck:
+        columns += [f"{compared(f, 's.')} AS s_{f}_cmp, {compared(f, 'q.')} AS q_{f}_cmp" for f in FIELDS]
+
+    def differs(f: str) -> str:
+        if precheck:
+            return f"s_{f} IS DISTINCT FROM q_{f} AND {compared(f, 's_')} IS DISTINCT FROM {compared(f, 'q_')}"
+        return f"s_{f}_cmp IS DISTINCT FROM q_{f}_cmp"
+
     branches = "\n    UNION ALL ".join(
         f"SELECT tenant, sequence_id, app_id, '{f}', {shown(f, 's_')}, {shown(f, 'q_')} FROM pairs "
-        f"WHERE linked AND s_{f}_cmp IS DISTINCT FROM q_{f}_cmp" for f in FIELDS)
+        f"WHERE linked AND {differs(f)}" for f in FIELDS)
+    column_list = ",\n      ".join(columns)
     return f"""
-    WITH pairs AS {materialized}(
+    WITH pairs AS (
       SELECT coalesce(s.tenant, q.tenant) AS tenant, s.id AS sequence_id, q.id AS app_id,
              s.id IS NOT NULL AND q.id IS NOT NULL AS linked, q.id IS NULL AS missing_in_app,
              s.id IS NULL AS missing_in_sequence,
-      {columns}
+      {column_list}
       FROM read_parquet('{sequence_path}') AS s
       FULL OUTER JOIN read_parquet('{quickbooks_path}') AS q ON s.tenant = q.tenant AND s.app_id = q.id
     )
@@ -302,13 +325,17 @@ def _duckdb_sql(sequence_path: Path, quickbooks_path: Path, materialized: str = 
     """
 
 
-def run_duckdb(sequence_path: Path, quickbooks_path: Path):
+def run_duckdb(sequence_path: Path, quickbooks_path: Path, precheck: bool = False):
     import duckdb
 
-    # in memory, every core, the files read by DuckDB's own parquet reader; the CTE is left to DuckDB's
-    # planner (forcing MATERIALIZED was slower)
+    # in memory, every core, the files read by DuckDB's own parquet reader; DuckDB's planner materialises the
+    # CTE once (forcing MATERIALIZED was slower, and so was normalising inside each branch without the pre-check)
     with duckdb.connect() as con:
-        return con.sql(_duckdb_sql(sequence_path, quickbooks_path)).to_arrow_table()
+        return con.sql(_duckdb_sql(sequence_path, quickbooks_path, precheck)).to_arrow_table()
+
+
+def run_duckdb_precheck(sequence_path: Path, quickbooks_path: Path):
+    return run_duckdb(sequence_path, quickbooks_path, precheck=True)
 
 
 def _read_pandas(path: Path):
@@ -397,9 +424,12 @@ def load_pandas(sequence_path: Path, quickbooks_path: Path) -> None:
 
 
 ENGINE_MODULES = {"ledgerlink": ["assets.reconcile.mismatches", "babel.numbers"],
-                  "duckdb": ["duckdb", "pyarrow", "babel.numbers"], "pandas": ["pandas", "pyarrow", "babel.numbers"]}
-RUNS = {"ledgerlink": run_ledgerlink, "duckdb": run_duckdb, "pandas": run_pandas}
-LOADS = {"ledgerlink": load_ledgerlink, "duckdb": load_duckdb, "pandas": load_pandas}
+                  "duckdb": ["duckdb", "pyarrow", "babel.numbers"],
+                  "duckdb_precheck": ["duckdb", "pyarrow", "babel.numbers"],
+                  "pandas": ["pandas", "pyarrow", "babel.numbers"]}
+RUNS = {"ledgerlink": run_ledgerlink, "duckdb": run_duckdb, "duckdb_precheck": run_duckdb_precheck,
+        "pandas": run_pandas}
+LOADS = {"ledgerlink": load_ledgerlink, "duckdb": load_duckdb, "duckdb_precheck": load_duckdb, "pandas": load_pandas}
 
 
 def as_polars(result) -> pl.DataFrame:
@@ -473,10 +503,12 @@ def measure(role: str, work: Path, pairs: int, seed: int, timeout: float, memory
             rss = watched.memory_info().rss
         except psutil.NoSuchProcess:
             rss = 0
-        if killed is None and time.monotonic() - started > timeout:
+        elapsed = time.monotonic() - started
+        if killed is None and elapsed > timeout:
             killed = f"still running after {timeout:.0f} s"
         elif killed is None and rss > memory_limit:
-            killed = f"passed {memory_limit / 2**30:.1f} GiB of memory"
+            killed = (f"its memory (RSS) passed {memory_limit / 2**30:.1f} GiB, 85 % of this machine's, "
+                      f"after {elapsed:.0f} s")
         if killed and process.returncode is None:
             process.kill()
         time.sleep(0.1)
@@ -534,6 +566,15 @@ def ours_missing() -> str | None:
     return None
 
 
+def ours_source() -> dict[str, str]:
+    """Which version of the reconciliation was measured (it may be edited while the benchmark runs)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[2] / "assets" / "reconcile"
+    return {f"assets/reconcile/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+            for p in sorted(root.glob("*.py"))}
+
+
 def print_size(size: dict) -> None:
     pairs, runs = size["pairs"], size["contenders"]
     print(f"\n{pairs:,} pairs ({size['sequence_rows']:,} Sequence and {size['quickbooks_rows']:,} QuickBooks "
@@ -541,15 +582,15 @@ def print_size(size: dict) -> None:
           f"{size['generate_seconds']:.1f} s; 1-min load average {size['load_average_1min']['min']:.1f}-"
           f"{size['load_average_1min']['max']:.1f} on {os.cpu_count()} cores)")
     ran = [n for n in CONTENDERS if "seconds" in runs[n]]
-    header = "".join(f"{'x ' + LABELS[n].split()[0]:>13}" for n in ran)
-    print(f"{'':<22}{'seconds':>9}{'cpu s':>8}{'peak MiB':>10}{'mismatches':>12}{'load s':>8}{'load MiB':>10}{header}")
+    header = "".join(f"{'x ' + SHORT[n]:>13}" for n in ran)
+    print(f"{'':<24}{'seconds':>9}{'cpu s':>8}{'peak MiB':>10}{'mismatches':>12}{'load s':>8}{'load MiB':>10}{header}")
     for name in CONTENDERS:
         run = runs[name]
         if "seconds" not in run:
-            print(f"{LABELS[name]:<22}  not run: {run['not_run']}")
+            print(f"{LABELS[name]:<24}  not run: {run['not_run']}")
             continue
         ratios = "".join(f"{runs[peer]['seconds'] / run['seconds']:>13.2f}" for peer in ran)
-        print(f"{LABELS[name]:<22}{run['seconds']:>9.2f}{run['cpu_seconds']:>8.1f}{run['peak_mib']:>10,.0f}"
+        print(f"{LABELS[name]:<24}{run['seconds']:>9.2f}{run['cpu_seconds']:>8.1f}{run['peak_mib']:>10,.0f}"
               f"{run['mismatches']:>12,}{run['load_seconds']:>8.2f}{run['load_peak_mib']:>10,.0f}{ratios}")
     print("  (x <peer>: how many times faster than that peer; cpu s: all threads; load: reading both files alone)")
     for target, verdict in size["targets"].items():
@@ -578,6 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     import psutil
 
     memory_limit = int(psutil.virtual_memory().total * 0.85)
+    source = ours_source()
     root = Path(tempfile.mkdtemp(prefix="ledgerlink-bench-reconcile-"))
     sizes: list[dict] = []
     pandas_runs: list[tuple[int, dict]] = []
@@ -587,13 +629,17 @@ def main(argv: list[str] | None = None) -> None:
             work.mkdir()
             print(f"{pairs:,} pairs: generating ...", flush=True)
             generated = measure("generate", work, pairs, args.seed, 3600, memory_limit)
-            skipped = {name: reason for name, reason in (("ledgerlink", ours_missing()),
-                                                         ("pandas", pandas_projection(pairs, pandas_runs, memory_limit)))
-                       if reason}
+            reasons = {"ledgerlink": ours_missing(), "pandas": pandas_projection(pairs, pandas_runs, memory_limit)}
+            skipped = {name: reason for name, reason in reasons.items() if reason}
             timeouts = {name: PANDAS_LIMIT_SECONDS if name == "pandas" else 3600 for name in CONTENDERS}
-            loads = {name: measure(f"load:{name}", work, pairs, args.seed, timeouts[name], memory_limit)
-                     for name in CONTENDERS if name not in skipped}
+            loads: dict[str, dict] = {}
+            for name in CONTENDERS:
+                same = next((other for other in loads if LOADS[other] is LOADS[name]), None)
+                if name not in skipped:
+                    loads[name] = loads[same] if same else \
+                        measure(f"load:{name}", work, pairs, args.seed, timeouts[name], memory_limit)
             attempts: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
+            stopped: dict[str, dict] = {}
             load_average = [os.getloadavg()[0]]
             for attempt in range(args.repeat):
                 for name in CONTENDERS:
@@ -603,12 +649,15 @@ def main(argv: list[str] | None = None) -> None:
                     run = measure(name, work, pairs, args.seed, timeouts[name], memory_limit)
                     if "not_run" in run:
                         skipped[name] = run["not_run"]
+                        stopped[name] = run
                     else:
                         attempts[name].append(run)
                     load_average.append(os.getloadavg()[0])
             ran = [name for name in CONTENDERS if name not in skipped]
             agreement(work, ran, generated["expected"])  # raises unless every contender found the same rows
-            runs: dict[str, dict] = {name: {"not_run": reason} for name, reason in skipped.items()}
+            runs: dict[str, dict] = {name: {"not_run": reason, **({"peak_mib_when_stopped": stopped[name]["peak_mib"]}
+                                                                 if name in stopped else {})}
+                                     for name, reason in skipped.items()}
             for name in ran:
                 best = min(attempts[name], key=lambda run: run["seconds"])
                 runs[name] = {"seconds": best["seconds"], "cpu_seconds": best["cpu_seconds"],
@@ -625,6 +674,9 @@ def main(argv: list[str] | None = None) -> None:
             if "ledgerlink" in ran and "pandas" in ran:
                 x = runs["pandas"]["seconds"] / runs["ledgerlink"]["seconds"]
                 targets[">= 5x faster than pandas"] = f"{'met' if x >= 5 else 'NOT met'} ({x:.1f}x)"
+            if "ledgerlink" in ran and "duckdb_precheck" in ran:
+                x = runs["duckdb_precheck"]["seconds"] / runs["ledgerlink"]["seconds"]
+                targets["(for reference) vs DuckDB given the same pre-check"] = f"{x:.2f}x its speed"
             size = {"pairs": pairs, "sequence_rows": generated["sequence_rows"],
                     "quickbooks_rows": generated["quickbooks_rows"], "generate_seconds": generated["seconds"],
                     "expected": generated["expected"], "agreed": ran, "contenders": runs, "targets": targets,
@@ -637,6 +689,8 @@ def main(argv: list[str] | None = None) -> None:
             "versions": {"polars": pl.__version__, "duckdb": duckdb.__version__, "pandas": pandas.__version__},
             "seed": args.seed,
             "repeat": args.repeat,
+            "ledgerlink_source_sha256": source,
+            "ledgerlink_source_changed_during_run": source != ours_source(),
             "measured": "seconds: wall time from the two parquet files to the mismatch rows in memory, each "
                         "contender in its own process (fastest of `repeat` interleaved runs; cpu_seconds of that "
                         "run, all threads); peak_mib: that process's max RSS (wait4), the largest over the runs; "
@@ -645,6 +699,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
+        if result["ledgerlink_source_changed_during_run"]:
+            print("\nWARNING: assets/reconcile changed while the benchmark ran; its figures mix versions.")
         print(f"\nEvery contender reported the same mismatch rows, exactly the planted ones. Results: {args.out}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
