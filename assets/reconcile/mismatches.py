@@ -12,7 +12,9 @@ proposed_action, reason (a sentence naming the record). Line-level rows carry th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -133,6 +135,11 @@ def _normalised(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl
     return value.cast(pl.Boolean)
 
 
+def _stripped(spec: FieldSpec, value: pl.Expr) -> pl.Expr:
+    stripped = value.cast(pl.String).str.strip_chars()
+    return stripped.str.to_lowercase() if spec.compare == "text_ci" else stripped
+
+
 def _display(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl.Expr:
     if spec.compare in ("text", "text_ci", "code"):
         return clean_text(value)
@@ -163,10 +170,12 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
               already guarantee it, so a caller with inputs known to be unique may skip it (it is about a third
               of the work)
 
-    Returns a LazyFrame with MISMATCH_SCHEMA's columns. Work is proportional to the differences: the join carries
-    the raw values; only pairs whose raw values differ are normalised and compared (normalising is a function,
-    so equal raw values can never differ; equal amounts in two currencies are the currency field's difference),
-    and only the rows that really differ get their text and reason.
+    Returns a LazyFrame with MISMATCH_SCHEMA's columns, computed when called (like `settle`, with the in-memory
+    engine). Work is proportional to the differences: the join carries only the keys (a pair is a row on either
+    side); each spec compares its raw values gathered by those rows; only pairs whose raw values differ are
+    normalised and compared (normalising is a function, so equal raw values can never differ; equal amounts in two
+    currencies are the currency field's difference), and only the rows that really differ get their text and
+    reason.
     """
     if not specs:
         return empty_mismatches()
@@ -205,40 +214,69 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
         if spec.when is not None:
             s_computed.append(spec.when.fill_null(False).alias(f"_w{i}"))
     seq_names.discard("app")  # the pair's app comes from the links
-    seq = sequence.select(*(pl.col(n) for n in sorted(seq_names)), *s_computed)
+    # Both sides are computed once (in memory: the default streaming engine is much slower at these joins), and
+    # the pairs are joined on their keys alone: a pair is a row index on either side. Each spec then compares its
+    # two columns gathered by those indexes, one spec at a time (no wide joined frame), and only the candidate
+    # pairs get every column they need for normalising, text and reason.
+    seq = sequence.select(*(pl.col(n) for n in sorted(seq_names)), *s_computed).collect(engine="in-memory")
     other = app.select("tenant", "app", *(pl.col(n).alias(f"_a.{n}") for n in sorted(app_names - {"tenant", "app"})),
-                       *a_computed)
-    s_types, a_types = seq.collect_schema(), other.collect_schema()
-    pairs = links.select("tenant", "app", pl.col("sequence_id").alias(sequence_key),
-                         pl.col("app_id").alias(f"_a.{app_key}"))
+                       *a_computed).collect(engine="in-memory")
     check = "m:1" if validate else "m:m"
-    joined = (pairs.join(seq, on=["tenant", sequence_key], how="inner", validate=check)
-              .join(other, on=["tenant", "app", f"_a.{app_key}"], how="inner", validate=check))
+    index = (links.select("tenant", "app", pl.col("sequence_id").alias(sequence_key),
+                          pl.col("app_id").alias(f"_a.{app_key}"))
+             .join(seq.lazy().select("tenant", sequence_key).with_row_index("_si"), on=["tenant", sequence_key],
+                   how="inner", validate=check)
+             .join(other.lazy().select("tenant", "app", f"_a.{app_key}").with_row_index("_ai"),
+                   on=["tenant", "app", f"_a.{app_key}"], how="inner", validate=check)
+             .select("_si", "_ai")
+             .collect(engine="in-memory"))
+    s_index, a_index = index.get_column("_si"), index.get_column("_ai")
+    seq_rest, other_rest = seq, other.drop("tenant")  # the pair's tenant is both sides' (a join key)
     s_ref, a_ref = pl.col(sequence_ref or sequence_key), pl.col(f"_a.{app_ref or app_key}")
     label = app_label(pl.col("app"))
-    out = []
-    for i, spec in enumerate(specs):
+
+    def compared(i: int, spec: FieldSpec) -> pl.DataFrame:
         s_val, a_val = pl.col(s_refs[i]), pl.col(a_refs[i])
         s_cur = pl.col(spec.currency[0]) if spec.compare == "money" else None
         a_cur = pl.col(f"_a.{spec.currency[1]}") if spec.compare == "money" else None
-        candidates = joined.filter(pl.col(f"_w{i}")) if spec.when is not None else joined
-        if s_types[s_refs[i]] == a_types[a_refs[i]]:
-            candidates = candidates.filter(s_val.ne_missing(a_val))
-        # normalised in a step of their own, so the optimiser cannot fold them into the cheap filter above (a
-        # combined predicate would normalise every row)
-        candidates = candidates.with_columns(_normalised(spec, s_val, s_cur).alias("_sn"),
-                                             _normalised(spec, a_val, a_cur).alias("_an"))
-        differs = pl.col("_sn").ne_missing(pl.col("_an"))
+        keep = None
+        if spec.when is not None:
+            keep = seq.get_column(f"_w{i}").gather(s_index)
+        if seq.schema[s_refs[i]] == other.schema[a_refs[i]]:
+            raw_differs = seq.get_column(s_refs[i]).gather(s_index).ne_missing(
+                other.get_column(a_refs[i]).gather(a_index))
+            keep = raw_differs if keep is None else keep & raw_differs
+        if keep is None:
+            s_rows, a_rows = s_index, a_index
+        else:
+            s_rows, a_rows = s_index.filter(keep), a_index.filter(keep)
+        # the candidates carry only what normalising reads; the few rows that really differ get the rest
+        s_need = dict.fromkeys([s_refs[i], *([spec.currency[0]] if spec.compare == "money" else [])])
+        a_need = dict.fromkeys([a_refs[i], *([f"_a.{spec.currency[1]}"] if spec.compare == "money" else [])])
+        candidates = pl.DataFrame([s_rows.alias("_si"), a_rows.alias("_ai"),
+                                   *(seq.get_column(n).gather(s_rows) for n in s_need),
+                                   *(other.get_column(n).gather(a_rows) for n in a_need)])
+        if spec.compare in ("text", "text_ci", "code"):
+            # clean_text is a function of the stripped text (and folded_text of the stripped lower case text): a
+            # cheap step that drops the pairs differing only at the edges (or in case) before the regex
+            candidates = candidates.filter(_stripped(spec, s_val).ne_missing(_stripped(spec, a_val)))
+        differing = candidates.filter(_normalised(spec, s_val, s_cur).ne_missing(_normalised(spec, a_val, a_cur)))
+        rows = pl.concat([seq_rest.select(pl.all().gather(differing.get_column("_si"))),
+                          other_rest.select(pl.all().gather(differing.get_column("_ai")))], how="horizontal")
         s_text, a_text = _display(spec, s_val, s_cur), _display(spec, a_val, a_cur)
         note = spec.note.fill_null("") if spec.note is not None else pl.lit("")
         reason = pl.concat_str([subject, pl.lit(f": {spec.label} is "), _quoted(spec, s_text),
                                 pl.lit(" in Sequence but "), _quoted(spec, a_text), pl.lit(" in "), label, note,
                                 pl.lit(".")])
-        out.append(candidates.filter(differs).select(
+        return rows.select(
             "tenant", "app", pl.lit(entity).alias("entity"), s_ref.alias("sequence_id"), a_ref.alias("app_id"),
             pl.lit(spec.kind).alias("kind"), pl.lit(spec.field).alias("field"), s_text.alias("sequence_value"),
-            a_text.alias("app_value"), pl.lit(spec.action).alias("proposed_action"), reason.alias("reason")))
-    return pl.concat(out, how="vertical")
+            a_text.alias("app_value"), pl.lit(spec.action).alias("proposed_action"), reason.alias("reason"))
+
+    # one spec per thread: Polars releases the GIL, and each spec's gathers and comparisons are single columns
+    with ThreadPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
+        out = list(pool.map(compared, range(len(specs)), specs))
+    return pl.concat(out, how="vertical").lazy()
 
 
 # ----------------------------------------------------------------------------------------------------------
