@@ -1,0 +1,179 @@
+"""Exactly once, proved by killing: `ledgerlink apply --write` runs in its own process and is SIGKILLed at many
+seeded random points (the emulators slowed down so that there are many points to land on), then run again, until a
+run ends by itself; one more run must then send nothing. The emulators' own write logs are the proof: every planned
+write done once, none twice, none lost."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import duckdb
+import httpx
+import polars as pl
+import pytest
+from dagster import materialize
+
+from assets.reconcile.assets import RECONCILE_ASSETS
+from assets.writeback.assets import plan_writes
+
+SEED = 20250701
+# 13-14 kills land in practice; the floor keeps a wide margin so a faster machine cannot make this flaky
+MIN_KILLS = 6
+MAX_DELAY = 0.3  # seconds after the process's first request; each killed run gets a little further
+SLOW = 0.08  # seconds per emulator request while the kills happen
+
+
+def writes(box, app: str) -> list[dict]:
+    return httpx.get(f"{box.urls[app]}/_sandbox/writes").json()
+
+
+def requests(box) -> int:
+    return sum(len(httpx.get(f"{box.urls[app]}/_sandbox/requests").json()) for app in ("quickbooks", "sequence"))
+
+
+def fault(box, app: str, **body) -> None:
+    httpx.post(f"{box.urls[app]}/_sandbox/faults", json=body).raise_for_status()
+
+
+def clear_faults(box, app: str) -> None:
+    httpx.delete(f"{box.urls[app]}/_sandbox/faults").raise_for_status()
+
+
+def outbox(warehouse) -> pl.DataFrame:
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return con.sql("select * from writeback.outbox").pl()
+
+
+@pytest.fixture(scope="module")
+def killed(extraction):
+    ext, box, warehouse = extraction, extraction.box, extraction.warehouse
+    ext.extract_all()
+    assert ext.run_unified().success
+    assert materialize(RECONCILE_ASSETS, instance=ext.instance, resources={"ledgerlink": ext.resource}).success
+    plan_writes(warehouse, ext.resource.registry())
+    planned = outbox(warehouse)
+    assert planned.filter(pl.col("state") == "planned").height > 30, "the plan should hold the writes to kill"
+
+    env = {**os.environ, **box.environment(), "LEDGERLINK_REGISTRY": ext.resource.registry_path,
+           "LEDGERLINK_WAREHOUSE": ext.resource.warehouse_path, "LEDGERLINK_STATE_DIR": ext.resource.state_dir}
+    command = [sys.executable, "-m", "pipelines.cli", "apply", "--write"]
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    for app in ("quickbooks", "sequence"):
+        fault(box, app, kind="slow", delay=SLOW, times=-1)
+    rng = random.Random(SEED)
+    runs: list[dict] = []
+    finished = None
+    while finished is None:
+        assert len(runs) < 60, runs
+        before = requests(box)
+        proc = start()
+        began = time.monotonic()
+        # the process needs seconds to import before it sends anything: the clock starts at its first request
+        while proc.poll() is None and requests(box) == before:
+            time.sleep(0.01)
+        sending = time.monotonic()
+        delay = rng.uniform(0.05, MAX_DELAY)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+            runs.append({"killed": True, "delay": delay, "writes": len(writes(box, "quickbooks"))
+                         + len(writes(box, "sequence"))})
+            continue
+        out, _ = proc.communicate(timeout=120)
+        runs.append({"killed": False, "returncode": proc.returncode, "out": out,
+                     "elapsed": time.monotonic() - began, "sending": time.monotonic() - sending})
+        if proc.returncode != 0:
+            raise AssertionError(f"apply ended by itself with {proc.returncode}:\n{out}")
+        finished = runs[-1]
+    for app in ("quickbooks", "sequence"):
+        clear_faults(box, app)
+    logs = {app: writes(box, app) for app in ("quickbooks", "sequence")}
+    final = outbox(warehouse)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    after = {app: writes(box, app) for app in ("quickbooks", "sequence")}
+    return {"ext": ext, "planned": planned, "runs": runs, "logs": logs, "outbox": final, "again": again,
+            "after": after}
+
+
+def test_sigkill_at_random_points_many_times(killed):
+    runs = killed["runs"]
+    kills = [r for r in runs if r["killed"]]
+    assert len(kills) >= MIN_KILLS, runs
+    # the kills landed all along the apply: the writes went on growing between them
+    progress = [r["writes"] for r in kills]
+    assert len(set(progress)) >= MIN_KILLS // 2, progress
+    print(f"\n{len(kills)} kills, {[round(r['delay'], 2) for r in kills]} s after the first request, "
+          f"writes done by then {progress}; the run that finished took {runs[-1]['elapsed']:.1f} s "
+          f"({runs[-1]['sending']:.1f} s sending)")
+
+
+def test_sigkill_every_outbox_row_ends_confirmed_or_skipped_with_a_reason(killed):
+    final = killed["outbox"]
+    assert set(final["state"]) <= {"confirmed", "skipped"}, Counter(final["state"])
+    assert final.filter(pl.col("state") == "skipped")["error"].null_count() == 0
+    assert set(killed["planned"]["idempotency_key"]) <= set(final["idempotency_key"])  # none lost
+
+
+def test_sigkill_every_quickbooks_write_is_executed_once(killed):
+    log = pl.DataFrame(killed["logs"]["quickbooks"])
+    final = killed["outbox"]
+    # a requestid may be sent again after a kill, but QuickBooks executes it (and each batch item) once
+    per_request = log.group_by("tenant", "request_id", "bId").len()
+    assert per_request["len"].max() == 1, per_request.filter(pl.col("len") > 1)
+    confirmed = final.filter((pl.col("app") == "quickbooks") & (pl.col("state") == "confirmed")
+                             & (pl.col("operation") != "link"))
+    assert log.height == confirmed.height  # none lost, none extra
+    # each confirmed write's requestid is in the log (a batch's requestid once per item)
+    assert set(confirmed["request_id"]) == set(log["request_id"])
+    created = log.filter(pl.col("op") == "create")
+    # no entity created twice: each created id once, and each planned create done by one execution
+    assert created.group_by("tenant", "entity", "id").len()["len"].max() == 1
+
+
+def test_sigkill_no_quickbooks_entity_is_there_twice(killed):
+    from connectors.clients import build_client
+
+    ext = killed["ext"]
+    registry = ext.resource.registry()
+    for key in registry.keys("quickbooks"):
+        client = build_client(registry.get(key), token_store=ext.resource.token_store())
+        try:
+            for entity, field in (("Invoice", "DocNumber"), ("Customer", "DisplayName"), ("Item", "Name"),
+                                  ("CreditMemo", "DocNumber")):
+                values = [r.get(field) for page in client.iter_query(entity) for r in page if r.get(field)]
+                twice = {v: n for v, n in Counter(values).items() if n > 1}
+                assert not twice, f"{key}: {entity} {field} twice: {twice}"
+        finally:
+            client.close()
+
+
+def test_sigkill_sequence_writes_are_not_doubled(killed):
+    log = killed["logs"]["sequence"]
+    aliases = Counter((w["tenant"], w["value"]) for w in log if w["entity"] == "customer_alias")
+    assert all(n == 1 for n in aliases.values()), {k: n for k, n in aliases.items() if n > 1}
+    imported = Counter((w["tenant"], w["legalName"]) for w in log
+                       if w["entity"] == "customer" and w["op"] == "create")
+    assert all(n == 1 for n in imported.values()), {k: n for k, n in imported.items() if n > 1}
+    paid = Counter((w["tenant"], w["id"]) for w in log if w["op"] == "payment_status")
+    assert all(n == 1 for n in paid.values()), {k: n for k, n in paid.items() if n > 1}
+    final = killed["outbox"]
+    marked = final.filter((pl.col("app") == "sequence") & (pl.col("operation") == "mark_paid")
+                          & (pl.col("state") == "confirmed"))
+    assert len(paid) == marked.height
+
+
+def test_sigkill_a_last_clean_apply_sends_nothing(killed):
+    again = killed["again"]
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert killed["after"] == killed["logs"]
+    assert "0 failed" in again.stdout
