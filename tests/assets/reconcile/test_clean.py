@@ -5,9 +5,7 @@ default items, voided invoices at zero amounts, DRAFT and archived customers) is
 import duckdb
 import polars as pl
 import pytest
-from dagster import materialize
 
-from assets.reconcile.assets import RECONCILE_ASSETS
 from assets.reconcile.mismatches import ACTIONABLE_KINDS
 from connectors.sandbox.demo_data import generate
 
@@ -21,14 +19,9 @@ def fixture_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(extraction):
-    extraction.extract_all()
-    assert extraction.run_unified().success
-    result = materialize(RECONCILE_ASSETS, instance=extraction.instance, resources={"ledgerlink": extraction.resource})
-    assert result.success
-    with duckdb.connect(str(extraction.warehouse), read_only=True) as con:
-        return (con.sql("select * from reconcile.mismatches").pl(), con.sql("select * from reconcile.links").pl(),
-                con.sql("select * from reconcile.mismatch_history").pl())
+def run(reconciled):
+    tables = reconciled
+    return tables["mismatches"], tables["links"], tables["mismatch_history"]
 
 
 def test_a_clean_company_has_no_actionable_mismatch(run):

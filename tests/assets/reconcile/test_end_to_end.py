@@ -4,9 +4,7 @@ materializations: every planted discrepancy is found with its kind, entity, fiel
 import duckdb
 import polars as pl
 import pytest
-from dagster import materialize
 
-from assets.reconcile.assets import RECONCILE_ASSETS
 from connectors.sandbox.demo_data import generate
 
 KEY = ["tenant", "entity", "kind", "field", "sequence_id", "app_id"]
@@ -21,14 +19,10 @@ def fixture_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(extraction):
-    extraction.extract_all()
-    assert extraction.run_unified().success
-    result = materialize(RECONCILE_ASSETS, instance=extraction.instance, resources={"ledgerlink": extraction.resource})
-    assert result.success
-    with duckdb.connect(str(extraction.warehouse), read_only=True) as con:
-        mismatches = con.sql("select * from reconcile.mismatches").pl()
-        links = con.sql("select * from reconcile.links").pl()
+def run(extraction, reconciled):
+    tables = reconciled
+    result = tables["result"]
+    mismatches, links = tables["mismatches"], tables["links"]
     planted = pl.DataFrame(extraction.manifest["discrepancies"]).select(*KEY, "detail")
     return extraction, result, mismatches, links, planted
 
