@@ -140,6 +140,17 @@ class Emulator:
     def idempotency_key(self, request: Request) -> str | None:
         return None
 
+    # ----- how the launcher describes a tenant's connection to this emulator --------------------------------
+    @classmethod
+    def sandbox_secrets(cls, tenant: str) -> dict[str, str]:
+        """The secrets a client needs for `tenant` (handed over as environment variables, never in a file)."""
+        raise NotImplementedError
+
+    @classmethod
+    def connection_options(cls, tenant: str) -> dict[str, Any]:
+        """Registry fields besides base_url and secrets (e.g. QuickBooks' realm_id)."""
+        return {}
+
     # ----- helpers for handlers ---------------------------------------------------------------------------
     def record_write(self, tenant: str, op: str, entity: str, record_id: str | None, **extra: Any) -> None:
         with self.lock:

@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from connectors.sandbox import identity
 from connectors.sandbox.emulator import Emulator, ServedEmulator
 from connectors.sandbox.fixtures import fixtures_for_app, load_fixtures
 
-# app -> "module:Class"; imported when needed so one app's emulator never slows another's start.
+# app -> "module:Class"; imported when needed so one app's emulator never slows another's start. A new app
+# adds one line here and one in DEFAULT_PORTS; its class says which secrets and registry fields it needs.
 EMULATORS = {
     "sequence": "connectors.sandbox.sequence:SequenceEmulator",
     "quickbooks": "connectors.sandbox.quickbooks:QuickBooksEmulator",
@@ -81,19 +81,11 @@ class Sandbox:
 
 
 def _secrets(app: str, tenant: str) -> dict[str, str]:
-    if app == "sequence":
-        client_id, client_secret = identity.sequence_credentials(tenant)
-        return {"client_id": client_id, "client_secret": client_secret}
-    if app == "quickbooks":
-        return {"client_id": identity.QUICKBOOKS_CLIENT_ID, "client_secret": identity.QUICKBOOKS_CLIENT_SECRET,
-                "refresh_token": identity.quickbooks_initial_refresh_token(tenant)}
-    raise ValueError(app)
+    return emulator_class(app).sandbox_secrets(tenant)
 
 
 def _connection_entry(app: str, tenant: str, url: str, rate_limits: bool) -> dict:
-    entry: dict[str, Any] = {"base_url": url}
-    if app == "quickbooks":
-        entry["realm_id"] = identity.quickbooks_realm_id(tenant)
+    entry: dict[str, Any] = {"base_url": url, **emulator_class(app).connection_options(tenant)}
     if not rate_limits:
         # the emulator enforces no limit, so the client need not pace itself to the real one
         entry["requests_per_minute"] = 1_000_000

@@ -680,6 +680,15 @@ class QuickBooksEmulator(Emulator):
     collections: ClassVar[frozenset[str]] = frozenset(ENTITY_NAMES)
     default_limits: ClassVar[RateLimits] = RateLimits(per_minute=500, concurrent=10)
 
+    @classmethod
+    def sandbox_secrets(cls, tenant: str) -> dict[str, str]:
+        return {"client_id": identity.QUICKBOOKS_CLIENT_ID, "client_secret": identity.QUICKBOOKS_CLIENT_SECRET,
+                "refresh_token": identity.quickbooks_initial_refresh_token(tenant)}
+
+    @classmethod
+    def connection_options(cls, tenant: str) -> dict[str, Any]:
+        return {"realm_id": identity.quickbooks_realm_id(tenant)}
+
     def __init__(self, fixtures: dict[str, dict[str, list[dict]]], *, rate_limits: bool = False,
                  clock: Callable[[], float] = time.time):
         self.clock = clock  # injectable, so tests can age tokens and CDC windows

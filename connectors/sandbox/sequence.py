@@ -621,6 +621,11 @@ class SequenceEmulator(Emulator):
     })
     default_limits = RateLimits(per_minute=1500, concurrent=0)
 
+    @classmethod
+    def sandbox_secrets(cls, tenant: str) -> dict[str, str]:
+        client_id, client_secret = sequence_credentials(tenant)
+        return {"client_id": client_id, "client_secret": client_secret}
+
     # ----- set-up -----------------------------------------------------------------------------------------------
     def load(self, fixtures: dict[str, dict[str, list[dict]]]) -> None:
         for tenant, collections in fixtures.items():
