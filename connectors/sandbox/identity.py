@@ -25,3 +25,18 @@ def quickbooks_initial_refresh_token(tenant: str) -> str:
 def sequence_credentials(tenant: str) -> tuple[str, str]:
     """HTTP Basic client id and secret of a tenant's Sequence account."""
     return f"sandbox-{tenant}", f"sandbox-secret-{tenant}"
+
+
+XERO_CLIENT_ID = "ledgerlink-sandbox-xero-client"
+XERO_CLIENT_SECRET = "ledgerlink-sandbox-xero-client-secret"
+
+
+def xero_tenant_id(tenant: str) -> str:
+    """A stable UUID per tenant: the organisation's `xero-tenant-id` header value."""
+    digest = hashlib.sha256(f"xero:{tenant}".encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-4{digest[13:16]}-a{digest[17:20]}-{digest[20:32]}"
+
+
+def xero_initial_refresh_token(tenant: str) -> str:
+    """The refresh token a freshly started Xero emulator accepts for a tenant (as if just authorised)."""
+    return f"sandbox-xero-refresh-{tenant}-0"
