@@ -3,7 +3,7 @@ connections.yaml by the registry sensor (pipelines/sensors.py) and by `ledgerlin
 
 from dagster import DynamicPartitionsDefinition
 
-APPS = ("sequence", "quickbooks")
+from connectors.registry import APPS
 
 CONNECTION_PARTITIONS: dict[str, DynamicPartitionsDefinition] = {
     app: DynamicPartitionsDefinition(name=f"{app}_connections") for app in APPS

@@ -3,7 +3,7 @@
 from dagster import Definitions, define_asset_job
 from dagster_dlt import DagsterDltResource
 
-from assets.extract.assets import raw_quickbooks, raw_sequence
+from assets.extract.assets import RAW_ASSETS
 from assets.quality.asset_checks import QUALITY_CHECKS
 from assets.reconcile.assets import RECONCILE_ASSETS
 from assets.reports.assets import REPORT_ASSETS
@@ -12,13 +12,12 @@ from assets.unified.assets import UNIFIED_ASSETS
 from assets.writeback.assets import WRITEBACK_ASSETS
 from pipelines.sensors import connection_partitions_sensor
 
-extract_sequence_job = define_asset_job("extract_sequence", selection=[raw_sequence])
-extract_quickbooks_job = define_asset_job("extract_quickbooks", selection=[raw_quickbooks])
+EXTRACT_JOBS = [define_asset_job(f"extract_{app}", selection=[assets_def]) for app, assets_def in RAW_ASSETS.items()]
 
 defs = Definitions(
-    assets=[raw_sequence, raw_quickbooks, *UNIFIED_ASSETS, *RECONCILE_ASSETS, *REPORT_ASSETS, *WRITEBACK_ASSETS],
+    assets=[*RAW_ASSETS.values(), *UNIFIED_ASSETS, *RECONCILE_ASSETS, *REPORT_ASSETS, *WRITEBACK_ASSETS],
     asset_checks=QUALITY_CHECKS,
-    jobs=[extract_sequence_job, extract_quickbooks_job],
+    jobs=EXTRACT_JOBS,
     sensors=[connection_partitions_sensor],
     resources={"dlt": DagsterDltResource(), "ledgerlink": Ledgerlink()},
 )

@@ -143,7 +143,7 @@ def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[s
     A failing connection does not stop the others."""
     from dagster import DagsterInstance, materialize
 
-    from assets.extract.assets import raw_quickbooks, raw_sequence
+    from assets.extract.assets import RAW_ASSETS
     from assets.reconcile.assets import RECONCILE_ASSETS
     from assets.unified.assets import UNIFIED_ASSETS
     from pipelines.definitions import defs
@@ -156,7 +156,7 @@ def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[s
     only = set(partitions or ())
     resources = defs.resources
     results: dict[str, bool] = {}
-    for app, assets_def in (("sequence", raw_sequence), ("quickbooks", raw_quickbooks)):
+    for app, assets_def in RAW_ASSETS.items():
         if app not in wanted_apps:
             continue
         for key in keys[app]:

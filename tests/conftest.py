@@ -45,9 +45,9 @@ class Extraction:
     def run(self, key: str, *, raise_on_error: bool = True):
         from dagster_dlt import DagsterDltResource
 
-        from assets.extract.assets import raw_quickbooks, raw_sequence
+        from assets.extract.assets import RAW_ASSETS
 
-        assets_def = raw_quickbooks if key.endswith(".quickbooks") else raw_sequence
+        assets_def = RAW_ASSETS[key.rsplit(".", 1)[1]]
         return materialize([assets_def], instance=self.instance, partition_key=key, raise_on_error=raise_on_error,
                            resources={"dlt": DagsterDltResource(), "ledgerlink": self.resource})
 

@@ -65,5 +65,8 @@ def _raw_assets(app: str, source: Callable) -> AssetsDefinition:
     return _extract
 
 
-raw_sequence = _raw_assets("sequence", sequence_source)
-raw_quickbooks = _raw_assets("quickbooks", quickbooks_source)
+# app -> its dlt source; a new app adds one line here (and its entries in connectors/registry.py)
+SOURCES: dict[str, Callable] = {"sequence": sequence_source, "quickbooks": quickbooks_source}
+RAW_ASSETS: dict[str, AssetsDefinition] = {app: _raw_assets(app, source) for app, source in SOURCES.items()}
+raw_sequence = RAW_ASSETS["sequence"]
+raw_quickbooks = RAW_ASSETS["quickbooks"]

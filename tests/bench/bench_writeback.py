@@ -83,7 +83,7 @@ def prepare(fixtures: Path, registry_path: Path, work: Path):
     from dagster import DagsterInstance, materialize
     from dagster_dlt import DagsterDltResource
 
-    from assets.extract.assets import raw_quickbooks, raw_sequence
+    from assets.extract.assets import RAW_ASSETS
     from assets.partitions import CONNECTION_PARTITIONS
     from assets.reconcile.assets import RECONCILE_ASSETS
     from assets.resources import Ledgerlink
@@ -98,7 +98,7 @@ def prepare(fixtures: Path, registry_path: Path, work: Path):
     for app, partitions in CONNECTION_PARTITIONS.items():
         instance.add_dynamic_partitions(partitions.name, registry.keys(app))
     for key in registry.keys():
-        assets_def = raw_quickbooks if key.endswith(".quickbooks") else raw_sequence
+        assets_def = RAW_ASSETS[key.rsplit(".", 1)[1]]
         assert materialize([assets_def], instance=instance, partition_key=key,
                            resources={"dlt": DagsterDltResource(), "ledgerlink": resource}).success, key
     assert materialize(UNIFIED_ASSETS, instance=instance, resources={"ledgerlink": resource}).success
