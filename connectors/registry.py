@@ -4,7 +4,7 @@ settings. One connection is one Dagster partition key `<tenant>.<app>`.
 
     tenants:
       acme-uk:
-        settings: {merchant_email: billing@acme.example, invoice_date: issue, ...}
+        settings: {merchant_email: billing@acme.example, invoice_date: issue, ...}   # every connection's
         connections:
           sequence:
             base_url: https://eu.sequencehq.com/api
@@ -14,6 +14,7 @@ settings. One connection is one Dagster partition key `<tenant>.<app>`.
             token_url: https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer
             realm_id: "9130348651845276"
             secrets: {client_id: QBO_CLIENT_ID, client_secret: QBO_CLIENT_SECRET, refresh_token: ACME_QBO_REFRESH_TOKEN}
+            settings: {tax_codes: {...}, items: {...}}    # this connection's own, over the tenant's
 """
 
 from __future__ import annotations
@@ -138,13 +139,19 @@ def parse_registry(document: Mapping[str, Any], source: str = "connections.yaml"
                         f"{cwhere}.secrets.{name}: {var!r} is not an environment variable name "
                         "(the registry names variables; it never holds secrets)"
                     )
-            options = {k: v for k, v in conn.items() if k not in ("base_url", "secrets")}
+            options = {k: v for k, v in conn.items() if k not in ("base_url", "secrets", "settings")}
+            own = conn.get("settings") or {}
+            if not isinstance(own, Mapping):
+                problems.append(f"{cwhere}.settings: expected a mapping")
+                own = {}
             for name in REQUIRED_OPTIONS[app]:
                 if not options.get(name):
                     problems.append(f"{cwhere}.{name}: required")
             connections.append(
                 Connection(tenant=tenant, app=app, base_url=str(conn["base_url"]).rstrip("/"),
-                           secret_env=secret_env, options=options, settings=settings[tenant])
+                           secret_env=secret_env, options=options,
+                           # the app's own settings (its tax codes, item and account mappings) over the tenant's
+                           settings={**settings[tenant], **own})
             )
     if problems:
         raise RegistryError("connection registry is not valid:\n  - " + "\n  - ".join(problems))

@@ -55,9 +55,14 @@ class Sandbox:
         tenants: dict[str, dict] = {}
         for app, served in self.served.items():
             for tenant in served.emulator.tenants:
-                entry = tenants.setdefault(tenant, {"settings": self.settings.get(tenant, {}), "connections": {}})
+                # settings.json: a tenant's settings, with each app's own under "apps" (its connection's settings)
+                tenant_settings = dict(self.settings.get(tenant, {}))
+                own = tenant_settings.pop("apps", {}).get(app)
+                entry = tenants.setdefault(tenant, {"settings": tenant_settings, "connections": {}})
                 entry["connections"][app] = _connection_entry(app, tenant, served.url,
                                                               served.emulator.limits.enabled)
+                if own:
+                    entry["connections"][app]["settings"] = own
         return {"sandbox": True, "tenants": dict(sorted(tenants.items()))}
 
     def environment(self) -> dict[str, str]:

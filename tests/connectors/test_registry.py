@@ -48,3 +48,21 @@ def test_a_secret_written_into_the_registry_is_refused_and_every_problem_is_name
     assert "tenants.acme-uk.connections.quickbooks.realm_id: required" in message
     assert "secrets.refresh_token" in message
     assert "unknown app 'stripe'" in message
+
+
+def test_a_connection_s_own_settings_override_the_tenant_s_for_that_connection_only():
+    doc = {"tenants": {"acme-uk": {
+        "settings": {"merchant_email": "billing@acme.example", "tax_codes": {"cat-1": "4"}},
+        "connections": {
+            "sequence": DOC["tenants"]["acme-uk"]["connections"]["sequence"],
+            "quickbooks": {**DOC["tenants"]["acme-uk"]["connections"]["quickbooks"],
+                           "settings": {"tax_codes": {"cat-1": "7"}}},
+        }}}}
+    registry = parse_registry(doc)
+    qbo, seq = registry.get("acme-uk.quickbooks"), registry.get("acme-uk.sequence")
+    assert qbo.settings == {"merchant_email": "billing@acme.example", "tax_codes": {"cat-1": "7"}}
+    assert seq.settings["tax_codes"] == {"cat-1": "4"}
+    assert "settings" not in qbo.options
+    with pytest.raises(RegistryError, match=r"connections\.quickbooks\.settings: expected a mapping"):
+        parse_registry({"tenants": {"acme-uk": {"connections": {
+            "quickbooks": {**DOC["tenants"]["acme-uk"]["connections"]["quickbooks"], "settings": ["x"]}}}}})
