@@ -68,6 +68,8 @@ CUSTOMERS = _schema("customers", {
     "currency": pa.Column(pl.String, nullable=True, checks=pa.Check.isin(CURRENCIES)),
     "tax_status": pa.Column(pl.String, nullable=True, checks=pa.Check.isin(TAX_STATUSES)),
     "tax_id": pa.Column(pl.String, nullable=True),
+    # the app's default tax code for the customer: last in the seed's tax code resolution order
+    "default_tax_code": pa.Column(pl.String, nullable=True),
     "active": pa.Column(pl.Boolean),
     "app_status": pa.Column(pl.String, nullable=True),  # the app's own word: Sequence DRAFT customers are never synced
     "links": pa.Column(LINKS, nullable=True),

@@ -558,7 +558,10 @@ def _document_mismatches(entity: str, side: Callable[[str, str], pl.LazyFrame], 
     out.append(field_mismatches(seq_docs, app_docs, active, spec.document_fields, entity=entity,
                                 subject=pl.col("_subject")))
     out += _line_mismatches(entity, side(line_table, SEQUENCE), side(line_table, app_name), seq_docs, active,
-                            tenants, settings, tax_status, app_name, spec)
+                            tenants, settings, tax_status,
+                            app_customers.select("tenant", pl.col("id").alias("expected_customer_id"),
+                                                 pl.col("default_tax_code").alias("_customer_default_tax_code")),
+                            app_name, spec)
 
     # Records on one side only, and candidates for them.
     unlinked_seq = seq_docs.join(docs.linked_sequence, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"],
@@ -623,12 +626,15 @@ def _document_mismatches(entity: str, side: Callable[[str, str], pl.LazyFrame], 
 
 def _line_mismatches(entity: str, seq_lines: pl.LazyFrame, app_lines: pl.LazyFrame, seq_docs: pl.LazyFrame,
                      doc_pairs: pl.LazyFrame, tenants: pl.LazyFrame, settings: SettingsFrames,
-                     tax_status: pl.LazyFrame, app_name: str, spec: AppSpec) -> list[pl.LazyFrame]:
-    """Lines of paired documents: paired by the link Sequence stores on the line, else by position."""
+                     tax_status: pl.LazyFrame, customer_defaults: pl.LazyFrame, app_name: str,
+                     spec: AppSpec) -> list[pl.LazyFrame]:
+    """Lines of paired documents: paired by the link Sequence stores on the line, else by position.
+    `customer_defaults`: (tenant, expected_customer_id, _customer_default_tax_code) of the app's customers."""
     label = app_label(pl.lit(app_name))
     docs = seq_docs.select("tenant", pl.col("id").alias("document_id"), pl.col("_subject").alias("_doc_subject"),
-                           "customer_id")
+                           "customer_id", "expected_customer_id")
     seq = (seq_lines.join(docs, on=["tenant", "document_id"], how="inner", validate="m:1")
+           .join(customer_defaults, on=["tenant", "expected_customer_id"], how="left", validate="m:1")
            .join(tax_status, on=["tenant", "customer_id"], how="left", validate="m:1")
            .join(settings.tax_codes.rename({"tax_code": "_mapped_code"}), on=["tenant", "tax_category_id"],
                  how="left", validate="m:1")
@@ -643,7 +649,7 @@ def _line_mismatches(entity: str, seq_lines: pl.LazyFrame, app_lines: pl.LazyFra
                expected_tax_code=expected_tax_code(
                    pl.col("tax_status"), pl.col("_mapped_code"), pl.col("fallback_tax_code"),
                    pl.col("exempt_tax_code"), pl.col("reverse_charge_tax_code"), pl.col("account_default_tax_code"),
-                   pl.lit(None, pl.String), pl.col("us_sales_tax")))
+                   pl.col("_customer_default_tax_code"), pl.col("us_sales_tax")))
            .with_columns(_subject=pl.concat_str([pl.col("_doc_subject"), pl.lit(" line "),
                                                  pl.col("_rank").cast(pl.String)])))
     app = app_lines.with_columns(_key=pl.concat_str(["document_id", pl.lit("\x1f"), "id"]),

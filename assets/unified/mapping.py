@@ -305,6 +305,7 @@ FIELD_MAPS: dict[str, dict[str, FieldMap]] = {
             "currency": None,
             "tax_status": "tax_status",
             "tax_id": "tax_id",
+            "default_tax_code": None,  # Sequence resolves tax by category (the seed's order starts there)
             "active": pl.col("archived_at").is_null(),
             "app_status": "status",  # ACTIVE | DRAFT (drafts are never synced)
             "links": "_links",
@@ -361,6 +362,7 @@ FIELD_MAPS: dict[str, dict[str, FieldMap]] = {
             .then(pl.lit("REVERSE_CHARGED"))
             .when(pl.col("taxable").is_not_null()).then(pl.lit("TAX_EXEMPT")),
             "tax_id": "primary_tax_identifier",
+            "default_tax_code": "default_tax_code_ref__value",
             "active": pl.col("active").fill_null(True),
             "app_status": None,
             "links": None,

@@ -114,6 +114,22 @@ def test_tax_code_differences_on_lines(co):
     assert co.mismatches(co.settings(fallback_tax_code="7")).height == 0
 
 
+def test_without_a_configured_code_the_quickbooks_customer_s_default_tax_code_decides(co):
+    # the seed's order ends with the account default, then the customer default: with neither the settings nor
+    # the account naming a code, the QuickBooks customer's own default is what Sequence puts on the lines
+    bare = co.settings(tax_codes={}, fallback_tax_code=None, account_default_tax_code=None)
+    co.row("customers", QBO, "1", default_tax_code="5")
+    co.line(QBO, "100", "1", tax_code="5")
+    co.line(QBO, "100", "2", tax_code="5")
+    assert co.mismatches(bare).height == 0
+    co.line(QBO, "100", "2", tax_code="2")
+    found = only(co.mismatches(bare))
+    assert (found["field"], found["sequence_value"], found["app_value"]) == ("line.tax_code", "5", "2")
+    # an account default, when the settings give one, comes before the customer's
+    assert {r["sequence_value"] for r in co.mismatches(co.settings(
+        tax_codes={}, fallback_tax_code=None, account_default_tax_code="2")).to_dicts()} == {"2"}
+
+
 def test_us_company_lines_carry_tax_or_non(co):
     us = co.settings(tax_codes={"cat-std": "TAX"}, fallback_tax_code="TAX", exempt_tax_code="NON",
                   reverse_charge_tax_code="NON", home_currency="USD", multi_currency=False)
