@@ -27,6 +27,9 @@ GROUP = "reconcile"
 LINKS_TABLE = "reconcile.links"
 MISMATCHES_TABLE = "reconcile.mismatches"
 HISTORY_TABLE = "reconcile.mismatch_history"  # counts per run: tenant, app, kind, count, at
+# every mismatch with the interval it was seen in (valid_from, valid_to; null = still open): "what disagreed
+# as of last Tuesday" and "when did this invoice start to differ" are plain SQL over it
+LOG_TABLE = "reconcile.mismatch_log"
 OUTBOX_TABLE = "writeback.outbox"
 QUARANTINE_TABLES = ("unified.quarantine", "reconcile.quarantine")
 UNIFIED_INPUTS = ("customers", "invoices", "invoice_lines", "credit_notes", "credit_note_lines", "products",
@@ -35,6 +38,9 @@ LINKS_KEY = AssetKey([GROUP, "links"])
 MISMATCHES_KEY = AssetKey([GROUP, "mismatches"])
 HISTORY_SCHEMA = {"tenant": pl.String(), "app": pl.String(), "kind": pl.String(), "count": pl.Int64(),
                   "at": pl.Datetime("us", "UTC")}
+LOG_SCHEMA = {**MISMATCH_SCHEMA, "valid_from": pl.Datetime("us", "UTC"), "valid_to": pl.Datetime("us", "UTC")}
+# A mismatch is the same one across runs while these agree; new values (or a new reason) open a new interval.
+LOG_IDENTITY = ("tenant", "app", "entity", "sequence_id", "app_id", "kind", "field", "sequence_value", "app_value")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -98,6 +104,24 @@ def history_rows(mismatches: pl.DataFrame, connected: pl.DataFrame, at: datetime
             .select("tenant", "app", "kind", pl.col("count").fill_null(0).cast(pl.Int64),
                     pl.lit(at, HISTORY_SCHEMA["at"]).alias("at"))
             .sort("tenant", "app", "kind"))
+
+
+def advance_log(log: pl.DataFrame, mismatches: pl.DataFrame, at: datetime) -> pl.DataFrame:
+    """The mismatch log after a run at `at`: open intervals no longer found close at `at`, mismatches not open yet
+    open at `at`, closed intervals stay as they were. Identity compares nulls as equal (a missing app_id is one
+    value), so an unchanged mismatch keeps its first valid_from however many runs see it."""
+    log = log.select(list(LOG_SCHEMA)).cast(LOG_SCHEMA)
+    current = mismatches.select(list(MISMATCH_SCHEMA)).cast(MISMATCH_SCHEMA).unique(subset=list(LOG_IDENTITY),
+                                                                                      keep="first")
+    is_open = log.filter(pl.col("valid_to").is_null())
+    still = is_open.join(current, on=list(LOG_IDENTITY), how="semi", nulls_equal=True)
+    gone = (is_open.join(current, on=list(LOG_IDENTITY), how="anti", nulls_equal=True)
+            .with_columns(valid_to=pl.lit(at, LOG_SCHEMA["valid_to"])))
+    new = (current.join(is_open, on=list(LOG_IDENTITY), how="anti", nulls_equal=True)
+           .with_columns(valid_from=pl.lit(at, LOG_SCHEMA["valid_from"]), valid_to=pl.lit(None, LOG_SCHEMA["valid_to"])))
+    return (pl.concat([log.filter(pl.col("valid_to").is_not_null()), still, gone, new.select(list(LOG_SCHEMA))],
+                      how="vertical")
+            .sort("valid_from", "tenant", "app", "entity", "kind", "sequence_id", "app_id", "field", nulls_last=True))
 
 
 def connected_apps(settings: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pl.DataFrame:
@@ -173,7 +197,8 @@ def reconcile_links(context: AssetExecutionContext, ledgerlink: Ledgerlink) -> M
        description="reconcile.mismatches: one row per disagreement between Sequence and a connected app (tenant, "
                    "app, entity, sequence_id, app_id, kind, field, sequence_value, app_value, proposed_action, "
                    "reason), following the seed's field table and rules; counts per run in "
-                   "reconcile.mismatch_history.")
+                   "reconcile.mismatch_history, and every mismatch with when it was first and last seen in "
+                   "reconcile.mismatch_log (valid_from, valid_to).")
 def reconcile_mismatches(context: AssetExecutionContext, ledgerlink: Ledgerlink) -> MaterializeResult:
     settings = app_settings(ledgerlink.registry())
     at = datetime.now(UTC)
@@ -186,10 +211,12 @@ def reconcile_mismatches(context: AssetExecutionContext, ledgerlink: Ledgerlink)
                                 for q in quarantines], how="vertical_relaxed") if quarantines else None
         mismatches = compute_mismatches(unified, links, settings, quarantine=quarantine)
         history = read_table(con, HISTORY_TABLE)
+        log = read_table(con, LOG_TABLE)
     earlier = history.select(list(HISTORY_SCHEMA)).cast(HISTORY_SCHEMA) \
         if set(HISTORY_SCHEMA) <= set(history.columns) else pl.DataFrame(schema=HISTORY_SCHEMA)
     history = pl.concat([earlier, history_rows(mismatches, connected_apps(settings), at)], how="vertical")
-    replace_tables(ledgerlink.warehouse, {MISMATCHES_TABLE: mismatches, HISTORY_TABLE: history})
+    log = advance_log(log if set(LOG_SCHEMA) <= set(log.columns) else pl.DataFrame(schema=LOG_SCHEMA), mismatches, at)
+    replace_tables(ledgerlink.warehouse, {MISMATCHES_TABLE: mismatches, HISTORY_TABLE: history, LOG_TABLE: log})
     context.log.info(f"{MISMATCHES_TABLE}: {mismatches.height} mismatches")
     return MaterializeResult(metadata=mismatches_metadata(mismatches))
 

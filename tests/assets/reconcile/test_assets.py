@@ -35,6 +35,7 @@ def test_a_warehouse_without_unified_tables_reconciles_to_empty_tables(tmp_path)
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
         assert con.sql("select count(*) from reconcile.links").fetchall() == [(0,)]
         assert con.sql("select count(*) from reconcile.mismatches").fetchall() == [(0,)]
+        assert con.sql("select count(*) from reconcile.mismatch_log").fetchall() == [(0,)]
         # the run is in the history all the same: every kind at zero for the connected tenant
         assert con.sql("select count(distinct kind), sum(count) from reconcile.mismatch_history "
                        "where tenant = 't1' and app = 'quickbooks'").fetchall() == [(15, 0)]
