@@ -3,6 +3,7 @@ partitioned per connection. The dlt sources hold the logic."""
 
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dlt
@@ -13,6 +14,7 @@ from dagster_dlt.translator import DltResourceTranslatorData
 from assets.extract.quickbooks import quickbooks_source
 from assets.extract.sequence import sequence_source
 from assets.partitions import CONNECTION_PARTITIONS
+from assets.runs import record_sync_run, rows_loaded
 from assets.resources import Ledgerlink
 
 from assets.warehouse import WAREHOUSE_POOL
@@ -55,12 +57,21 @@ def _raw_assets(app: str, source: Callable) -> AssetsDefinition:
         if connection.app != app:
             raise ValueError(f"partition {context.partition_key} is not a {app} connection")
         context.log.info(f"extracting {connection.key} from {connection.base_url}")
-        with ledgerlink.client(connection) as client:
-            yield from dlt.run(
-                context=context,
-                dlt_source=source(client, connection.tenant, progress=context.log.info),
-                dlt_pipeline=ledgerlink.pipeline(connection),
-            )
+        started, pipeline = datetime.now(UTC), ledgerlink.pipeline(connection)
+        try:
+            with ledgerlink.client(connection) as client:
+                yield from dlt.run(
+                    context=context,
+                    dlt_source=source(client, connection.tenant, progress=context.log.info),
+                    dlt_pipeline=pipeline,
+                )
+        except Exception as exc:
+            record_sync_run(ledgerlink.warehouse, run_id=context.run_id, tenant=connection.tenant, app=app,
+                            started_at=started, status="failed", tables=rows_loaded(pipeline),
+                            error=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        record_sync_run(ledgerlink.warehouse, run_id=context.run_id, tenant=connection.tenant, app=app,
+                        started_at=started, status="success", tables=rows_loaded(pipeline))
 
     return _extract
 

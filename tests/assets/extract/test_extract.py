@@ -2,6 +2,7 @@
 
 import duckdb
 import httpx
+import orjson
 import pytest
 
 
@@ -170,6 +171,21 @@ def test_a_failing_app_gives_a_clear_error_and_loses_nothing(first_run):
     assert "quickbooks" in message and "cdc" in message.lower()
     assert table_count(ext.warehouse, "raw_quickbooks.invoice", tenant) == before
     assert ext.run(key).success  # once the app answers again, the next run picks up where it was
+    # both runs are in the warehouse's sync history, the failure with its reason
+    runs = query(ext.warehouse, "select status, error, rows_loaded from ops.sync_runs where connection = ? "
+                                "order by started_at desc limit 2", [key])
+    assert [r[0] for r in runs] == ["success", "failed"]
+    assert "cdc" in runs[1][1].lower() and runs[0][1] is None
+
+
+def test_every_sync_run_is_recorded_with_rows_per_table(first_run):
+    ext = first_run
+    runs = query(ext.warehouse, "select connection, status, rows_loaded, tables from ops.sync_runs "
+                                "where status = 'success' order by started_at")
+    assert {r[0] for r in runs} == set(ext.registry.keys())
+    first = next(r for r in runs if r[0].endswith(".quickbooks"))
+    tables = orjson.loads(first[3])
+    assert first[2] == sum(tables.values()) > 0 and tables["invoice"] > 0
 
 
 def test_no_secret_reaches_the_warehouse_the_state_or_the_run_logs(first_run):
