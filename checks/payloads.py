@@ -127,8 +127,11 @@ def _qbo_document(kind: str) -> pa.DataFrameSchema:
         "CustomerMemo.value": _text(_at_most(MEMO_MAX)),
         "CurrencyRef.value": _text(pa.Check.isin(CURRENCIES, error="is not an ISO 4217 currency"), required=create),
         "ExchangeRate": _number(pa.Check.gt(0, error="is not a positive rate")),
-        "Line": pa.Column(pl.UInt32, checks=pa.Check.ge(0 if email_only else 1, error="has no line (a document "
-                                                                                        "needs at least one)")),
+        # A sparse update sends Line only when a line differs (absent: the lines stay as they are, null here);
+        # Line sent empty would delete every line, and a create needs its lines.
+        "Line": pa.Column(pl.UInt32, nullable=not create,
+                          checks=pa.Check.ge(0 if email_only else 1, error="has no line (a document needs at least "
+                                                                          "one)")),
     })
 
 
@@ -300,7 +303,8 @@ def _decode_customer(rows: pl.DataFrame) -> Decoded:
 def _decode_document(rows: pl.DataFrame) -> Decoded:
     # the header's "Line" is how many lines it has (the lines themselves are validated one by one)
     head = _flat(rows, _DOCUMENT_PATHS).with_columns(
-        rows["_p"].struct.field("Line").list.len().fill_null(0).cast(pl.UInt32).alias("Line"))
+        pl.when(rows["_p"].struct.field("Line").is_not_null() | (rows["operation"] == "create"))
+        .then(rows["_p"].struct.field("Line").list.len().fill_null(0).cast(pl.UInt32)).alias("Line"))
     lines = (rows.select("idempotency_key", "tenant", "operation", pl.col("_p").struct.field("Line").alias("_line"))
              .explode("_line").filter(pl.col("_line").is_not_null())
              .with_columns(line=pl.int_range(pl.len()).over("idempotency_key").cast(pl.Int64))

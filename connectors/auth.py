@@ -234,6 +234,9 @@ class OAuth2RefreshAuth(httpx.Auth):
             ),
             "refreshed_at": now,
         }
+        instance_url = body.get("instance_url") or stored.get("instance_url")
+        if instance_url:  # Salesforce names the API host in the token answer; later calls must go there
+            tokens["instance_url"] = str(instance_url)
         self.store.put(self.key, tokens)  # persist the rotated refresh token before anything else can fail
         self._tokens = tokens
         log.info("%s: refreshed the access token for %s", self.app, self.key)

@@ -6,11 +6,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from connectors.attio import AttioClient
 from connectors.auth import OAuth2RefreshAuth, TokenStore
 from connectors.http import AppClient, RateLimiter
+from connectors.hubspot import HubSpotClient
 from connectors.quickbooks import QuickBooksClient, token_url_for
 from connectors.registry import Connection
+from connectors.salesforce import SalesforceClient
+from connectors.salesforce import token_url_for as salesforce_token_url_for
 from connectors.sequence import SequenceClient
+from connectors.xero import XeroClient
+from connectors.xero import token_url_for as xero_token_url_for
 
 
 def build_client(connection: Connection, *, token_store: TokenStore, environ: Mapping[str, str] | None = None,
@@ -39,4 +45,30 @@ def build_client(connection: Connection, *, token_store: TokenStore, environ: Ma
             app="quickbooks",
         )
         return QuickBooksClient(connection.base_url, str(connection.options["realm_id"]), auth, **client_options)
+    if connection.app == "xero":
+        auth = OAuth2RefreshAuth(
+            str(connection.options.get("token_url") or xero_token_url_for(connection.base_url)),
+            connection.secret("client_id", environ),
+            connection.secret("client_secret", environ),
+            token_store,
+            connection.key,
+            initial_refresh_token=connection.secret("refresh_token", environ),
+            app="xero",
+        )
+        return XeroClient(connection.base_url, str(connection.options["xero_tenant_id"]), auth, **client_options)
+    if connection.app == "hubspot":
+        return HubSpotClient(connection.base_url, connection.secret("access_token", environ), **client_options)
+    if connection.app == "attio":
+        return AttioClient(connection.base_url, connection.secret("access_token", environ), **client_options)
+    if connection.app == "salesforce":
+        auth = OAuth2RefreshAuth(
+            str(connection.options.get("token_url") or salesforce_token_url_for(connection.base_url)),
+            connection.secret("client_id", environ),
+            connection.secret("client_secret", environ),
+            token_store,
+            connection.key,
+            initial_refresh_token=connection.secret("refresh_token", environ),
+            app="salesforce",
+        )
+        return SalesforceClient(connection.base_url, auth, **client_options)
     raise ValueError(f"connection {connection.key}: no client for app {connection.app!r}")

@@ -88,17 +88,23 @@ class RetryPolicy:
     Waits are exponential (base_delay · 2^(attempt-1), capped at max_delay) with jitter, unless the app asked for
     a specific wait (Retry-After), which is honoured as a floor. If the app asks for longer than max_delay we stop
     and raise RateLimited (with `retry_after`) so the caller can reschedule rather than stall a run.
+
+    `throttle_delay`: the wait after a throttle (RateLimited) that came *without* Retry-After, for apps whose
+    limit is a per-minute window that says nothing about when it frees up (QuickBooks: 429 Fault 3001, no
+    Retry-After; Intuit advises backing off about a minute). Up to +10 % jitter so clients that were throttled
+    together do not come back together; capped at max_delay. None: such throttles back off exponentially.
     """
 
     max_attempts: int = 6
     base_delay: float = 0.5
     max_delay: float = 60.0
     jitter: bool = True
+    throttle_delay: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        if self.base_delay < 0 or self.max_delay < 0:
+        if self.base_delay < 0 or self.max_delay < 0 or (self.throttle_delay or 0) < 0:
             raise ValueError("delays must not be negative")
 
     def backoff(self, attempt: int) -> float:
@@ -110,6 +116,9 @@ class RetryPolicy:
     def wait_for(self, attempt: int, error: BaseException | None) -> float:
         requested = getattr(error, "retry_after", None)
         if requested is None:
+            if self.throttle_delay is not None and isinstance(error, RateLimited):
+                spread = random.uniform(0, self.throttle_delay * 0.1) if self.jitter else 0.0
+                return min(self.max_delay, self.throttle_delay + spread)
             return self.backoff(attempt)
         spread = random.uniform(0, min(1.0, requested * 0.1)) if self.jitter else 0.0
         return max(requested, min(self.max_delay, requested + spread))
@@ -156,7 +165,8 @@ class RateLimiter:
     """Blocks callers so that at most `per_minute` requests start in any sliding `period` and at most
     `max_concurrent` are in flight. Thread-safe; share one instance between clients that share the app's quota.
 
-    Use as a context manager around one request: `with limiter: send()`.
+    Use as a context manager around one request: `with limiter: send()`. A request the app counts as several
+    (a QuickBooks batch counts each item) takes `acquire(cost=n)`: n window slots, one in-flight slot.
     """
 
     def __init__(
@@ -184,7 +194,9 @@ class RateLimiter:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def acquire(self) -> None:
+    def acquire(self, cost: int = 1) -> None:
+        if cost < 1 or self.per_minute is not None and cost > self.per_minute:
+            raise ValueError(f"a request costing {cost} can never fit a limit of {self.per_minute} per period")
         if self.max_concurrent is not None:
             with self._slot_freed:
                 while self._in_flight >= self.max_concurrent:
@@ -194,7 +206,7 @@ class RateLimiter:
             with self._lock:
                 self._in_flight += 1
         try:
-            self._take_window_slot()
+            self._take_window_slots(cost)
         except BaseException:
             self.release()
             raise
@@ -204,7 +216,7 @@ class RateLimiter:
             self._in_flight -= 1
             self._slot_freed.notify()
 
-    def _take_window_slot(self) -> None:
+    def _take_window_slots(self, cost: int) -> None:
         if self.per_minute is None:
             return
         while True:
@@ -212,10 +224,11 @@ class RateLimiter:
                 now = self._clock()
                 while self._starts and self._starts[0] <= now - self.period:
                     self._starts.popleft()
-                if len(self._starts) < self.per_minute:
-                    self._starts.append(now)
+                if len(self._starts) + cost <= self.per_minute:
+                    self._starts.extend([now] * cost)
                     return
-                wait = self._starts[0] + self.period - now
+                # `cost` slots are free once the cost-th oldest start has left the window
+                wait = self._starts[len(self._starts) + cost - self.per_minute - 1] + self.period - now
             # Sleep outside the lock so other threads can still release and check.
             self._sleep(max(wait, 0.001))
 
@@ -238,6 +251,10 @@ class AppClient:
     """
 
     app: ClassVar[str] = "app"
+    # Whether a throttled (429) request provably did nothing, so that even a write without an idempotency key
+    # may be re-sent. An app that may throttle after acting (or that says nothing about it) sets False: its
+    # throttled writes are then retried only when idempotent (e.g. QuickBooks: only with a requestid).
+    throttled_writes_not_applied: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -330,11 +347,15 @@ class AppClient:
         content: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        cost: int = 1,
+        limiters: tuple[RateLimiter, ...] = (),
     ) -> T:
         """For subclasses: a request whose successful response is turned into a value by `parse` inside the retry
-        loop (a retriable BadResponse raised by `parse` re-sends the request)."""
+        loop (a retriable BadResponse raised by `parse` re-sends the request). `cost`: how many requests the app
+        counts this one as (every attempt pays it again); `limiters`: further limits it must also pass (e.g. a
+        per-endpoint limit)."""
         return self._send(method, path, params=params, json=json, content=content, headers=headers,
-                          idempotent=idempotent, parse=parse)
+                          idempotent=idempotent, parse=parse, cost=cost, limiters=limiters)
 
     # ----- hooks for subclasses ---------------------------------------------------------------------------------
 
@@ -404,6 +425,8 @@ class AppClient:
         headers: Mapping[str, str] | None,
         idempotent: bool | None,
         parse: Callable[[httpx.Response], T] | None,
+        cost: int = 1,
+        limiters: tuple[RateLimiter, ...] = (),
     ) -> Any:
         if json is not None:
             # orjson is strict and fast; build the body once so every retry sends identical bytes.
@@ -417,27 +440,31 @@ class AppClient:
             return isinstance(exc, AppError) and self._worth_retrying(exc, idempotent)
 
         retrying = self.retry.retrying(should_retry, sleep=self._sleep, before_sleep=self._log_retry)
-        return retrying(self._attempt, request, parse)
+        paced = tuple(limiter for limiter in (self.limiter, *limiters) if limiter is not None)
+        return retrying(self._attempt, request, parse, paced, cost)
 
     def _worth_retrying(self, error: AppError, idempotent: bool) -> bool:
         if not self.is_retriable(error):
             return False
-        if idempotent or isinstance(error, RateLimited):
+        if idempotent or isinstance(error, RateLimited) and self.throttled_writes_not_applied:
             return True
         # A write without an idempotency guarantee is re-sent only if it provably never reached the app.
         return isinstance(error, TransportFailure) and isinstance(error.exception, _NOT_DELIVERED)
 
-    def _attempt(self, request: httpx.Request, parse: Callable[[httpx.Response], T] | None) -> Any:
+    def _attempt(self, request: httpx.Request, parse: Callable[[httpx.Response], T] | None,
+                 limiters: tuple[RateLimiter, ...] = (), cost: int = 1) -> Any:
         log.debug("%s %s %s", self.app, request.method, request.url.path)
-        if self.limiter is not None:
-            self.limiter.acquire()
+        taken: list[RateLimiter] = []
         try:
+            for limiter in limiters:  # every attempt pays again: the app counts a retry as a request
+                limiter.acquire(cost if limiter is self.limiter else 1)
+                taken.append(limiter)
             response = self._http.send(request)
         except httpx.RequestError as exc:
             raise self._transport_failure(request, exc) from exc
         finally:
-            if self.limiter is not None:
-                self.limiter.release()
+            for limiter in taken:
+                limiter.release()
         log.debug("%s %s %s -> %s", self.app, request.method, request.url.path, response.status_code)
         if response.is_error:
             raise self.decode_error(response)

@@ -30,7 +30,7 @@ from connectors.errors import (
     ServerError,
     ValidationFailed,
 )
-from connectors.http import AppClient, RateLimiter
+from connectors.http import AppClient, RateLimiter, RetryPolicy
 
 P = TypeVar("P")
 
@@ -44,6 +44,18 @@ CDC_OBJECT_CAP = 1000
 MAX_REQUEST_ID = 50
 MAX_BATCH_REQUEST_ID = 36
 MAX_BATCH_ITEM_ID = 10
+
+# Intuit's limits per app and realm: 500 requests/min (every batch item counts), 10 in flight, 40 batch calls/min.
+REQUESTS_PER_MINUTE = 500
+MAX_CONCURRENT = 10
+BATCH_CALLS_PER_MINUTE = 40
+# Our window is a little longer than QuickBooks' minute: the server stamps a request (and a batch's items, only
+# once it has read the body) a few ms to a second after we counted it, so a window exactly as long as the
+# server's lets the next burst arrive just before the server forgets the last one (a 429).
+WINDOW_SECONDS = 61.0
+# A 429 (Fault 3001) comes without Retry-After: wait out the minute, with jitter, as Intuit advises. Six
+# attempts give a throttled request about five minutes before it is reported.
+RETRY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=66.0, throttle_delay=60.0)
 
 _ENTITY_NAME = re.compile(r"^[A-Z][A-Za-z]*$")
 
@@ -93,6 +105,9 @@ class CdcLimitExceeded(AppError):
 
 class QuickBooksClient(AppClient):
     app = "quickbooks"
+    # QuickBooks does not promise that a throttled write did nothing; only a write carrying its requestid is
+    # re-sent after a 429 (a repeat of a requestid is replayed, never applied twice). See `_write`, `batch`.
+    throttled_writes_not_applied = False
 
     def __init__(
         self,
@@ -105,8 +120,11 @@ class QuickBooksClient(AppClient):
     ):
         if not str(realm_id).isdigit():
             raise ValueError("realm_id must be the company's digit-string id")
-        # Intuit allows 500 requests/min and 10 in flight per app and realm.
-        kw.setdefault("limiter", RateLimiter(per_minute=500, max_concurrent=10))
+        kw.setdefault("limiter", RateLimiter(per_minute=REQUESTS_PER_MINUTE, max_concurrent=MAX_CONCURRENT,
+                                             period=WINDOW_SECONDS))
+        kw.setdefault("retry", RETRY)
+        # A limit of its own for the batch endpoint (40 calls/min), on top of the per-item count.
+        self.batch_limiter = RateLimiter(per_minute=BATCH_CALLS_PER_MINUTE, period=WINDOW_SECONDS)
         self.realm_id = str(realm_id)
         self.minor_version = minor_version
         super().__init__(
@@ -315,8 +333,11 @@ class QuickBooksClient(AppClient):
                 raise self.bad_response(response, "expected a BatchItemResponse list")
             return listed
 
+        # Every item counts against the per-minute limit, on every attempt (cost); with the requestid a resend is a
+        # replay of the first answer, never a second execution (idempotent, so a 429 or 5xx is retried).
         return self.send_parsed("POST", "batch", answers, params={"requestid": request_id},
-                                json={"BatchItemRequest": items}, idempotent=True)
+                                json={"BatchItemRequest": items}, idempotent=True, cost=len(items),
+                                limiters=(self.batch_limiter,))
 
     # ----- internals ---------------------------------------------------------------------------------------------
 
@@ -324,8 +345,9 @@ class QuickBooksClient(AppClient):
         entity = _entity(entity)
         _check_request_id(request_id, MAX_REQUEST_ID)
         params = {"requestid": request_id, **({"operation": operation} if operation else {})}
-        # idempotent: the requestid makes a re-send after a timeout or reset a replay, not a second write.
-        return self._entity_request("POST", entity, entity.lower(), params=params, json=dict(body), idempotent=True)
+        # idempotent: the requestid makes a re-send after a timeout, reset or 429 a replay, not a second write.
+        return self._entity_request("POST", entity, entity.lower(), params=params, json=dict(body),
+                                    idempotent=bool(params["requestid"]))
 
     def _entity_request(self, method: str, entity: str, path: str, **kw: Any) -> dict:
         """A request answering `{"<entity>": {...}, "time": …}`; returns the inner record."""

@@ -28,12 +28,17 @@ from typing import Any
 
 import yaml
 
-APPS = ("sequence", "quickbooks")
+APPS = ("sequence", "quickbooks", "xero", "hubspot", "attio", "salesforce")
 REQUIRED_SECRETS = {
+    "hubspot": ("access_token",),
     "sequence": ("client_id", "client_secret"),
     "quickbooks": ("client_id", "client_secret", "refresh_token"),
+    "xero": ("client_id", "client_secret", "refresh_token"),
+    "attio": ("access_token",),
+    "salesforce": ("client_id", "client_secret", "refresh_token"),
 }
-REQUIRED_OPTIONS = {"sequence": (), "quickbooks": ("realm_id",)}
+REQUIRED_OPTIONS = {"sequence": (), "quickbooks": ("realm_id",), "xero": ("xero_tenant_id",), "hubspot": (),
+                    "attio": (), "salesforce": ()}
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 

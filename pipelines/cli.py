@@ -12,7 +12,18 @@ from pathlib import Path
 
 import click
 
-from pipelines import runtime
+
+class _LazyRuntime:
+    """pipelines.runtime, imported on first use: it brings Dagster and dlt (seconds to import), which
+    `ledgerlink apply` does not need (its plain functions are in assets.writeback.run), so it starts fast."""
+
+    def __getattr__(self, name: str):
+        from pipelines import runtime as module
+
+        return getattr(module, name)
+
+
+runtime = _LazyRuntime()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,8 +32,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=runtime.FIXTURES, show_default=True)
-@click.option("--invoices", type=int, default=runtime.DEMO_INVOICES, show_default=True,
+@click.option("--out", type=click.Path(path_type=Path), default=lambda: runtime.FIXTURES, show_default=True)
+@click.option("--invoices", type=int, default=lambda: runtime.DEMO_INVOICES, show_default=True,
               help="Sequence invoices across all tenants.")
 @click.option("--tenants", type=int, default=3, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
@@ -35,8 +46,8 @@ def generate(out: Path, invoices: int, tenants: int, seed: int, clean: bool) -> 
 
 
 @main.command()
-@click.option("--fixtures", type=click.Path(path_type=Path), default=runtime.FIXTURES, show_default=True)
-@click.option("--registry", type=click.Path(path_type=Path), default=runtime.REGISTRY, show_default=True)
+@click.option("--fixtures", type=click.Path(path_type=Path), default=lambda: runtime.FIXTURES, show_default=True)
+@click.option("--registry", type=click.Path(path_type=Path), default=lambda: runtime.REGISTRY, show_default=True)
 @click.option("--rate-limits/--no-rate-limits", default=False, show_default=True,
               help="Enforce each app's real rate limits.")
 @click.option("--port-base", type=int, default=8711, show_default=True)
@@ -55,7 +66,7 @@ def sandbox(fixtures: Path, registry: Path, rate_limits: bool, port_base: int, a
 
 
 @main.command()
-@click.option("--invoices", type=int, default=runtime.DEMO_INVOICES, show_default=True)
+@click.option("--invoices", type=int, default=lambda: runtime.DEMO_INVOICES, show_default=True)
 @click.option("--tenants", type=int, default=3, show_default=True)
 def demo(invoices: int, tenants: int) -> None:
     """Fresh demo: generate data, start the sandbox, materialize every asset, write back on the sandbox and
@@ -96,7 +107,7 @@ def materialize(apps: tuple[str, ...], partitions: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("--port", type=int, default=3000, show_default=True)
-@click.option("--invoices", type=int, default=runtime.DEMO_INVOICES, show_default=True)
+@click.option("--invoices", type=int, default=lambda: runtime.DEMO_INVOICES, show_default=True)
 def dev(port: int, invoices: int) -> None:
     """Open the Dagster UI on the sandbox (generates demo data if there is none)."""
     if not (runtime.FIXTURES / "manifest.json").exists():
@@ -184,7 +195,9 @@ def plan(tenant: str | None) -> None:
 def apply(tenant: str | None, write: bool) -> None:
     """Plan into writeback.outbox and send the pending writes, exactly once (safe to interrupt and run again).
     The sandbox (loopback) is written to; anything else only with --write."""
-    result = _writeback(lambda: runtime.apply_writes(tenant=tenant, write=write, echo=click.echo))
+    from assets.writeback.run import apply_from_environment
+
+    result = _writeback(lambda: apply_from_environment(tenant=tenant, write=write, echo=click.echo))
     if result.counts.get("failed"):
         raise click.ClickException(f"{result.counts['failed']} writes failed (see writeback.outbox.error)")
 

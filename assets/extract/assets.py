@@ -11,8 +11,12 @@ from dagster import AssetExecutionContext, AssetKey, AssetSpec, AssetsDefinition
 from dagster_dlt import DagsterDltResource, DagsterDltTranslator, dlt_assets
 from dagster_dlt.translator import DltResourceTranslatorData
 
+from assets.extract.attio import attio_source
+from assets.extract.hubspot import hubspot_source
 from assets.extract.quickbooks import quickbooks_source
+from assets.extract.salesforce import salesforce_source
 from assets.extract.sequence import sequence_source
+from assets.extract.xero import xero_source
 from assets.partitions import CONNECTION_PARTITIONS
 from assets.runs import record_sync_run, rows_loaded
 from assets.resources import Ledgerlink
@@ -77,7 +81,10 @@ def _raw_assets(app: str, source: Callable) -> AssetsDefinition:
 
 
 # app -> its dlt source; a new app adds one line here (and its entries in connectors/registry.py)
-SOURCES: dict[str, Callable] = {"sequence": sequence_source, "quickbooks": quickbooks_source}
+SOURCES: dict[str, Callable] = {"sequence": sequence_source, "quickbooks": quickbooks_source, "xero": xero_source,
+                                "hubspot": hubspot_source}
+SOURCES["salesforce"] = salesforce_source
+SOURCES["attio"] = attio_source
 RAW_ASSETS: dict[str, AssetsDefinition] = {app: _raw_assets(app, source) for app, source in SOURCES.items()}
 raw_sequence = RAW_ASSETS["sequence"]
 raw_quickbooks = RAW_ASSETS["quickbooks"]

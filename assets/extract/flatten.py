@@ -55,6 +55,7 @@ class TableShape:
       (tenant, _<table>_<id>, _index). Other arrays are kept whole as JSON text.
     integers: vendor fields kept as integers; every other number becomes DECIMAL(38, 9).
     decimal_text: vendor fields the app sends as decimal strings (Sequence money) to store as DECIMAL(38, 9).
+    dotnet_dates: text columns holding .NET JSON dates (`/Date(1740873600000+0000)/`, Xero) become UTC timestamps.
     """
 
     table: str
@@ -62,6 +63,7 @@ class TableShape:
     children: tuple[str, ...] = ()
     integers: frozenset[str] = field(default_factory=frozenset)
     rules: RecordRules = field(default_factory=RecordRules)
+    dotnet_dates: bool = False
 
     @property
     def parent_key(self) -> str:
@@ -170,7 +172,7 @@ def _check_records(frame: pl.DataFrame, rules: RecordRules, id_field: str, curre
     )
 
 
-def _flatten(frame: pl.DataFrame, integers: frozenset[str]) -> pl.DataFrame:
+def _flatten(frame: pl.DataFrame, integers: frozenset[str], dotnet_dates: bool = False) -> pl.DataFrame:
     """Unnests structs into `parent<SEP>child` columns, keeps other arrays as JSON text, types numbers."""
     while True:
         structs = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Struct)]
@@ -192,6 +194,11 @@ def _flatten(frame: pl.DataFrame, integers: frozenset[str]) -> pl.DataFrame:
             exprs.append(pl.when(pl.col(name).list.len() > 0).then(encoded).alias(name))
         elif dtype.is_float():
             exprs.append(pl.col(name).round(9).cast(pl.String).cast(DECIMAL).alias(name))
+        elif dotnet_dates and dtype == pl.String and frame[name].str.starts_with("/Date(").any():
+            # epoch milliseconds in UTC; the "+0000" offset only says which zone the app displays
+            millis = pl.col(name).str.extract(r"^/Date\((-?\d+)(?:[+-]\d{4})?\)/$", 1).cast(pl.Int64)
+            exprs.append(pl.from_epoch(millis, time_unit="ms").dt.cast_time_unit("us")
+                         .dt.replace_time_zone("UTC").alias(name))
         elif dtype.is_integer() and leaf not in integers and not name.startswith("_"):
             exprs.append(pl.col(name).cast(DECIMAL).alias(name))
         else:
@@ -242,7 +249,7 @@ def frame_to_tables(frame: pl.DataFrame, shape: TableShape, tenant: str, currenc
         if rows.height == 0:
             continue
         rows = rows.unnest(child) if isinstance(inner, pl.Struct) else rows.rename({child: "value"})
-        tables[shape.child_table(child)] = _flatten(rows, shape.integers).to_arrow()
-    parent = _flatten(good.drop(children), shape.integers)
+        tables[shape.child_table(child)] = _flatten(rows, shape.integers, shape.dotnet_dates).to_arrow()
+    parent = _flatten(good.drop(children), shape.integers, shape.dotnet_dates)
     tables[table_name(shape.table)] = parent.to_arrow()
     return PageTables(tables, rejected, good.height)

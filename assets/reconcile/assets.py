@@ -16,7 +16,8 @@ from dagster import AssetExecutionContext, AssetKey, MaterializeResult, Metadata
 
 from assets.reconcile.links import LINKS_SCHEMA, METHODS, MISMATCH_SCHEMA, build_links
 from assets.reconcile.mismatches import ACTIONABLE_KINDS, KINDS, empty_mismatches, find_mismatches, invalid_records
-from assets.reconcile.quickbooks import APP_SPECS
+from assets.reconcile.quickbooks import QUICKBOOKS
+from assets.reconcile.xero import XERO
 from assets.reconcile.rules import settings_frames
 from assets.resources import Ledgerlink
 from assets.warehouse import WAREHOUSE_POOL, connect, read_table, replace_tables, table_exists
@@ -36,6 +37,8 @@ UNIFIED_INPUTS = ("customers", "invoices", "invoice_lines", "credit_notes", "cre
                   "accounts", "tax_codes")
 LINKS_KEY = AssetKey([GROUP, "links"])
 MISMATCHES_KEY = AssetKey([GROUP, "mismatches"])
+# the apps Sequence is reconciled against: an accounting system adds its AppSpec here
+APP_SPECS = {spec.app: spec for spec in (QUICKBOOKS, XERO)}
 HISTORY_SCHEMA = {"tenant": pl.String(), "app": pl.String(), "kind": pl.String(), "count": pl.Int64(),
                   "at": pl.Datetime("us", "UTC")}
 LOG_SCHEMA = {**MISMATCH_SCHEMA, "valid_from": pl.Datetime("us", "UTC"), "valid_to": pl.Datetime("us", "UTC")}

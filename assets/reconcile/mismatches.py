@@ -121,11 +121,19 @@ def _expr(value: str | pl.Expr) -> pl.Expr:
     return pl.col(value) if isinstance(value, str) else value
 
 
+def _clean_text(value: pl.Expr) -> pl.Expr:
+    """rules.clean_text, faster on text that is already clean: only the whitespace clean_text would change is
+    matched (runs of two or more, or one that is not a plain space), so a clean string has no match and is not
+    rebuilt. Replacing those by one space is replacing every run by one space (tests check the two agree)."""
+    text = value.cast(pl.String).str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
+    return pl.when(text == "").then(None).otherwise(text)
+
+
 def _normalised(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl.Expr:
     if spec.compare in ("text", "code"):
-        return clean_text(value)
+        return _clean_text(value)
     if spec.compare == "text_ci":
-        return folded_text(value)
+        return _clean_text(value).str.to_lowercase()
     if spec.compare == "date":
         return value.cast(pl.Date)
     if spec.compare == "decimal":
@@ -142,7 +150,7 @@ def _stripped(spec: FieldSpec, value: pl.Expr) -> pl.Expr:
 
 def _display(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl.Expr:
     if spec.compare in ("text", "text_ci", "code"):
-        return clean_text(value)
+        return _clean_text(value)
     if spec.compare == "decimal":
         return decimal_text(value)
     if spec.compare == "money":
@@ -155,10 +163,92 @@ def _quoted(spec: FieldSpec, text: pl.Expr) -> pl.Expr:
     return shown.fill_null(pl.lit("empty"))
 
 
+def _column(frame: pl.DataFrame, name: str) -> pl.Series:
+    """A column in one chunk, for a gather by every pair's row number: from a many-chunk column (a parquet file's
+    row groups) that gather is several times slower, and rechunking strings copies only their 16-byte views."""
+    return frame.get_column(name).rechunk()
+
+
+def _key_hash(columns: Sequence[str]) -> pl.Expr:
+    """One u64 per row from its key columns (each hashed with its position's seed): a join on one integer is
+    several times faster than on two or three strings. Equal keys always hash alike; the rare unequal keys that
+    hash alike are told apart by `_pair_index`."""
+    hashes = [pl.col(name).hash(seed=1_000_003 * (position + 1)) for position, name in enumerate(columns)]
+    out = hashes[0]
+    for more in hashes[1:]:
+        out = out ^ more
+    return out
+
+
+def _hashable(dtype: pl.DataType) -> bool:
+    # strings and integers hash by value alike on both sides (categoricals hash codes, other types are rare keys)
+    return dtype == pl.String or dtype.is_integer()
+
+
+def linked_rows(links: pl.LazyFrame, sequence: pl.DataFrame, app: pl.DataFrame, *, sequence_key: str = "id",
+                app_key: str = "id", validate: bool = True) -> tuple[pl.Series, pl.Series]:
+    """The linked pairs (`links`: tenant, app, sequence_id, app_id) as row numbers into `sequence` (tenant and
+    `sequence_key`) and `app` (tenant, app, `app_key`): one pair per link whose two records are present, in the
+    links' order. Pass them to `field_mismatches(rows=...)` with the same frames; the records in no pair are the
+    rows not named (e.g. `unpaired(sequence, rows[0])`), which spares two anti joins on string keys."""
+    return _pair_index(links, sequence, app, sequence_key, app_key, validate)
+
+
+def unpaired(frame: pl.DataFrame, rows: pl.Series) -> pl.DataFrame:
+    """The rows of `frame` that `rows` (row numbers, from `linked_rows`) does not name."""
+    paired = pl.repeat(False, frame.height, dtype=pl.Boolean, eager=True)
+    return frame.filter(~paired.scatter(rows, True))
+
+
+def _pair_index(links: pl.LazyFrame, seq: pl.DataFrame, other: pl.DataFrame, sequence_key: str, app_key: str,
+                validate: bool) -> tuple[pl.Series, pl.Series]:
+    """Row numbers in `seq` and `other` of each linked pair (in the links' order): what an inner join
+    of the links (tenant, app, sequence_id, app_id) to both sides on (tenant, `sequence_key`) and (tenant, app,
+    `app_key`) finds, with the same m:1 validation.
+
+    The joins run on a hash of the keys; every pair found is then checked on the real keys (gathered by row
+    number), so a hash collision can never pair two records. A validation failure (a duplicate key, or two keys
+    sharing a hash) falls back to the joins on the real keys, which decide exactly as before."""
+    check = "m:1" if validate else "m:m"
+    s_keys, a_keys = ["tenant", sequence_key], ["tenant", "app", app_key]
+    l_s_keys, l_a_keys = ["tenant", "sequence_id"], ["tenant", "app", "app_id"]  # the same keys in the links
+    pairs = links.select(*dict.fromkeys([*l_s_keys, *l_a_keys])).collect(engine="in-memory")
+    if all(_hashable(pairs.schema[lk]) and pairs.schema[lk] == seq.schema[k] for lk, k in zip(l_s_keys, s_keys)) and \
+            all(_hashable(pairs.schema[lk]) and pairs.schema[lk] == other.schema[k] for lk, k in zip(l_a_keys, a_keys)):
+        try:
+            index = (pairs.lazy().select(_key_hash(l_s_keys).alias("_hs"), _key_hash(l_a_keys).alias("_ha"))
+                     .with_row_index("_li")
+                     .join(seq.lazy().select(_key_hash(s_keys).alias("_hs")).with_row_index("_si"), on="_hs",
+                           how="inner", validate=check, maintain_order="left")
+                     .join(other.lazy().select(_key_hash(a_keys).alias("_ha")).with_row_index("_ai"), on="_ha",
+                           how="inner", validate=check, maintain_order="left")
+                     .select("_li", "_si", "_ai")
+                     .collect(engine="in-memory"))
+        except pl.exceptions.ComputeError:
+            pass  # validation failed: the exact joins below raise if a key really is duplicated
+        else:
+            li, si, ai = (index.get_column(n) for n in ("_li", "_si", "_ai"))
+            same = [_column(pairs, lk).gather(li) == _column(seq, k).gather(si) for lk, k in zip(l_s_keys, s_keys)]
+            same += [_column(pairs, lk).gather(li) == _column(other, k).gather(ai) for lk, k in zip(l_a_keys, a_keys)]
+            real = same[0]
+            for more in same[1:]:
+                real = real & more
+            real = real.fill_null(False)  # a null key pairs nothing, as in a join
+            return si.filter(real), ai.filter(real)
+    index = (pairs.lazy()
+             .join(seq.lazy().select(s_keys).with_row_index("_si"), left_on=l_s_keys, right_on=s_keys, how="inner",
+                   validate=check, maintain_order="left")
+             .join(other.lazy().select(a_keys).with_row_index("_ai"), left_on=l_a_keys, right_on=a_keys,
+                   how="inner", validate=check, maintain_order="left")
+             .select("_si", "_ai")
+             .collect(engine="in-memory"))
+    return index.get_column("_si"), index.get_column("_ai")
+
+
 def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFrame, specs: Sequence[FieldSpec], *,
                      entity: str, subject: str | pl.Expr | None = None, sequence_key: str = "id",
                      app_key: str = "id", sequence_ref: str | None = None, app_ref: str | None = None,
-                     validate: bool = True) -> pl.LazyFrame:
+                     validate: bool = True, rows: tuple[pl.Series, pl.Series] | None = None) -> pl.LazyFrame:
     """Field-by-field diff of linked pairs: one mismatch row per (pair, spec) whose values differ.
 
     sequence  one row per Sequence record: `tenant`, `sequence_key` and whatever the specs read
@@ -169,6 +259,8 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
     validate  check that each key names one record on its side (a join `validate="m:1"`); the unified contracts
               already guarantee it, so a caller with inputs known to be unique may skip it (it is about a third
               of the work)
+    rows      the pairs as row numbers into `sequence` and `app` (from `linked_rows` on the same frames), when the
+              caller has them already: `links` is then not joined again
 
     Returns a LazyFrame with MISMATCH_SCHEMA's columns, computed when called (like `settle`, with the in-memory
     engine). Work is proportional to the differences: the join carries only the keys (a pair is a row on either
@@ -221,16 +313,9 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
     seq = sequence.select(*(pl.col(n) for n in sorted(seq_names)), *s_computed).collect(engine="in-memory")
     other = app.select("tenant", "app", *(pl.col(n).alias(f"_a.{n}") for n in sorted(app_names - {"tenant", "app"})),
                        *a_computed).collect(engine="in-memory")
-    check = "m:1" if validate else "m:m"
-    index = (links.select("tenant", "app", pl.col("sequence_id").alias(sequence_key),
-                          pl.col("app_id").alias(f"_a.{app_key}"))
-             .join(seq.lazy().select("tenant", sequence_key).with_row_index("_si"), on=["tenant", sequence_key],
-                   how="inner", validate=check)
-             .join(other.lazy().select("tenant", "app", f"_a.{app_key}").with_row_index("_ai"),
-                   on=["tenant", "app", f"_a.{app_key}"], how="inner", validate=check)
-             .select("_si", "_ai")
-             .collect(engine="in-memory"))
-    s_index, a_index = index.get_column("_si"), index.get_column("_ai")
+    if rows is None:
+        rows = _pair_index(links, seq, other, sequence_key, f"_a.{app_key}", validate)
+    s_index, a_index = rows
     seq_rest, other_rest = seq, other.drop("tenant")  # the pair's tenant is both sides' (a join key)
     s_ref, a_ref = pl.col(sequence_ref or sequence_key), pl.col(f"_a.{app_ref or app_key}")
     label = app_label(pl.col("app"))
@@ -241,10 +326,9 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
         a_cur = pl.col(f"_a.{spec.currency[1]}") if spec.compare == "money" else None
         keep = None
         if spec.when is not None:
-            keep = seq.get_column(f"_w{i}").gather(s_index)
+            keep = _column(seq, f"_w{i}").gather(s_index)
         if seq.schema[s_refs[i]] == other.schema[a_refs[i]]:
-            raw_differs = seq.get_column(s_refs[i]).gather(s_index).ne_missing(
-                other.get_column(a_refs[i]).gather(a_index))
+            raw_differs = _column(seq, s_refs[i]).gather(s_index).ne_missing(_column(other, a_refs[i]).gather(a_index))
             keep = raw_differs if keep is None else keep & raw_differs
         if keep is None:
             s_rows, a_rows = s_index, a_index

@@ -53,4 +53,3 @@ def line_link_key() -> pl.Expr:
 
 QUICKBOOKS = AppSpec(app="quickbooks", customer_fields=CUSTOMER_FIELDS, document_fields=DOCUMENT_FIELDS,
                      line_fields=LINE_FIELDS, line_link_key=line_link_key)
-APP_SPECS = {QUICKBOOKS.app: QUICKBOOKS}

@@ -62,8 +62,10 @@ def unified(context: AssetExecutionContext, ledgerlink: Ledgerlink):
     with connect(warehouse, read_only=True) as con:
         raw = {app: {table: read_table(con, f"raw_{app}.{table}") for table in [*module.RAW, REJECTED_TABLE]}
                for app, module in APPS.items()}
-    settings = ledgerlink.registry().tenant_settings
-    result = build(raw, settings, detected_at=datetime.now(UTC))
+    registry = ledgerlink.registry()
+    # each app maps with its own connection's settings (its tax codes, its custom fields)
+    app_settings = {app: {c.tenant: c.settings for c in registry.for_app(app)} for app in APPS}
+    result = build(raw, registry.tenant_settings, detected_at=datetime.now(UTC), app_settings=app_settings)
     frames = {f"unified.{table}": frame for table, frame in result.tables.items()}
     frames[f"unified.{QUARANTINE_TABLE}"] = result.quarantine
     replace_tables(warehouse, frames)

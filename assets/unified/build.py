@@ -18,11 +18,11 @@ from types import ModuleType
 import pandera.errors
 import polars as pl
 
-from assets.unified import mapping, quickbooks, sequence
+from assets.unified import mapping, quickbooks, sequence, xero
 from assets.unified.mapping import ENTITIES, PROBLEM_COLUMNS, PROBLEM_FIELD, PROBLEM_REASON, MappingError
 from checks.unified import INSTANT, MODEL
 
-APPS: dict[str, ModuleType] = {"sequence": sequence, "quickbooks": quickbooks}
+APPS: dict[str, ModuleType] = {"sequence": sequence, "quickbooks": quickbooks, "xero": xero}
 TABLES = list(MODEL)
 
 QUARANTINE_TABLE = "quarantine"
@@ -49,6 +49,8 @@ RAW_ENTITIES = {
     "tax-categories": "tax_category", "line-items": "invoice_line", "credit-note-line-items": "credit_note_line",
     "customer": "customer", "invoice": "invoice", "creditmemo": "credit_note", "payment": "payment",
     "item": "product", "account": "account", "taxcode": "tax_category",
+    "contacts": "customer", "credit_notes": "credit_note", "payments": "payment", "items": "product",
+    "accounts": "account", "tax_rates": "tax_category",
 }
 REJECTED: mapping.RawSchema = {"app": pl.String(), "collection": pl.String(), "record_id": pl.String(),
                                "field": pl.String(), "reason": pl.String(), "record": pl.String(),
@@ -76,11 +78,14 @@ class Build:
         return out
 
 
-def map_apps(raw: RawByApp, settings: mapping.Settings | None = None) -> dict[str, pl.LazyFrame]:
-    """Every unified table, the apps' rows one after another (lazy, with the problem columns)."""
+def map_apps(raw: RawByApp, settings: mapping.Settings | None = None,
+             app_settings: Mapping[str, mapping.Settings] | None = None) -> dict[str, pl.LazyFrame]:
+    """Every unified table, the apps' rows one after another (lazy, with the problem columns). `app_settings`
+    (app -> tenant -> its connection's settings) replaces the tenants' settings for the apps it names."""
     parts: dict[str, list[pl.LazyFrame]] = {table: [] for table in TABLES}
     for app, module in APPS.items():
-        for table, frame in module.map_all(raw.get(app, {}), settings).items():
+        own = (app_settings or {}).get(app, settings)
+        for table, frame in module.map_all(raw.get(app, {}), own).items():
             parts[table].append(frame)
     return {table: pl.concat(frames, how="vertical") if frames else with_problem_columns(table)
             for table, frames in parts.items()}
@@ -200,9 +205,10 @@ def rejected_records(raw: RawByApp, detected_at: datetime) -> pl.DataFrame:
     return pl.concat(frames, how="vertical").collect() if frames else empty_quarantine()
 
 
-def build(raw: RawByApp, settings: mapping.Settings | None, *, detected_at: datetime) -> Build:
+def build(raw: RawByApp, settings: mapping.Settings | None, *, detected_at: datetime,
+          app_settings: Mapping[str, mapping.Settings] | None = None) -> Build:
     """Maps, validates and quarantines every unified table (all tenants, all apps, one pass)."""
-    lazy = map_apps(raw, settings)
+    lazy = map_apps(raw, settings, app_settings)
     collected = dict(zip(lazy, pl.collect_all(list(lazy.values())), strict=True))
     tables: dict[str, pl.DataFrame] = {}
     dropped: dict[str, pl.DataFrame] = {}

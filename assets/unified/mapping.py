@@ -36,7 +36,7 @@ from typing import Any
 import polars as pl
 import pycountry
 
-from checks.unified import INSTANT, LINKS, MODEL
+from checks.unified import INSTANT, LINKS, MODEL, MONEY
 
 Value = str | pl.Expr | None
 FieldMap = Mapping[str, Value]
@@ -295,6 +295,57 @@ _QUICKBOOKS_LINE: dict[str, Value] = {
     "links": None,
 }
 
+def _xero_address(prefix: str, raw: str) -> dict[str, Value]:
+    return {f"{prefix}line1": f"{raw}address_line1", f"{prefix}line2": f"{raw}address_line2",
+            f"{prefix}city": f"{raw}city", f"{prefix}region": f"{raw}region",
+            f"{prefix}postal_code": f"{raw}postal_code", f"{prefix}country": f"{raw}country"}
+
+
+_XERO_STATUS = pl.col("status").str.strip_chars().str.to_uppercase()
+_XERO_DOCUMENT: dict[str, Value] = {
+    "customer_id": "contact__contact_id",
+    "status": pl.when(_XERO_STATUS.is_in(["DRAFT", "SUBMITTED"])).then(pl.lit("DRAFT"))
+    .when(_XERO_STATUS == "AUTHORISED").then(pl.lit("OPEN"))
+    .when(_XERO_STATUS == "PAID").then(pl.lit("PAID"))
+    .when(_XERO_STATUS.is_in(["VOIDED", "DELETED"])).then(pl.lit("VOID"))
+    .otherwise(_XERO_STATUS),
+    "app_status": "status",
+    "currency": "currency_code",
+    "issue_date": "date",  # Xero's one date; which Sequence date it mirrors is settings.invoice_date
+    "accounting_date": None,
+    "due_date": "due_date",
+    "memo": None,  # Xero invoices have no memo (Reference is the customer's purchase order)
+    "billing_email": None,  # nor a billing email or address: both are the contact's
+    **{f"billing_{part}": None for part in ("line1", "line2", "city", "region", "postal_code", "country")},
+    "net_total": "sub_total",
+    "tax_total": "total_tax",
+    "gross_total": "total",
+    # CurrencyRate is document units per base unit; the model's rate is base units per document unit
+    "exchange_rate": pl.when(pl.col("currency_rate") > 0).then(pl.lit(1, MONEY) / pl.col("currency_rate")),
+    "home_gross_total": pl.when(pl.col("currency_code") == pl.col("_home_currency")).then(pl.col("total"))
+    .when(pl.col("currency_rate") > 0).then(pl.col("total") / pl.col("currency_rate")),
+    "links": None,
+    "created_at": None,
+    "updated_at": "updated_date_utc",
+}
+
+_XERO_LINE: dict[str, Value] = {
+    "document_id": "_document_id",
+    "id": "line_item_id",
+    "position": "_position",
+    "description": "description",
+    "group_title": None,
+    "title": None,
+    "product_id": "_item_id",
+    "quantity": "quantity",
+    "rate": "unit_amount",
+    "amount": "line_amount",
+    "tax_category_id": None,
+    "tax_code": "tax_type",
+    "tax_rate": "_tax_rate",
+    "links": None,
+}
+
 FIELD_MAPS: dict[str, dict[str, FieldMap]] = {
     "sequence": {
         "customers": {
@@ -428,6 +479,86 @@ FIELD_MAPS: dict[str, dict[str, FieldMap]] = {
             "name": "name",
             "rate": "_rate",  # from its sales tax rates (SalesTaxRateList), as a fraction
             "active": pl.col("active").fill_null(True),
+        },
+    },
+    "xero": {
+        "customers": {
+            "id": "contact_id",
+            "name": "name",
+            "email": "email_address",
+            **_xero_address("", "_address_"),
+            "country_as_sent": "_address_country",
+            "currency": "default_currency",
+            # Xero has no taxable flag: the contact's sales tax type says it, read against the settings' codes
+            "tax_status": pl.when(pl.col("accounts_receivable_tax_type").is_null()).then(None)
+            .when(pl.col("accounts_receivable_tax_type") == pl.col("_reverse_charge_code")).then(pl.lit("REVERSE_CHARGED"))
+            .when(pl.col("accounts_receivable_tax_type") == pl.col("_exempt_code")).then(pl.lit("TAX_EXEMPT"))
+            .otherwise(pl.lit("TAXED")),
+            "tax_id": "tax_number",
+            "default_tax_code": "accounts_receivable_tax_type",
+            "active": (pl.col("contact_status").str.to_uppercase() != "ARCHIVED").fill_null(True),
+            "app_status": "contact_status",
+            "links": None,
+            "created_at": None,
+            "updated_at": "updated_date_utc",
+        },
+        "invoices": {
+            **_XERO_DOCUMENT,
+            "id": "invoice_id",
+            "number": "invoice_number",
+            "payment_status": pl.when(_XERO_STATUS == "PAID").then(pl.lit("PAID"))
+            .when((_XERO_STATUS == "AUTHORISED") & (pl.col("amount_paid") > 0)).then(pl.lit("PARTIALLY_PAID"))
+            .when(_XERO_STATUS == "AUTHORISED").then(pl.lit("UNPAID")),
+            "balance": "amount_due",
+            "stripe_payment_link": None,
+        },
+        "credit_notes": {
+            **_XERO_DOCUMENT,
+            "id": "credit_note_id",
+            "number": "credit_note_number",
+            "payment_status": None,
+            "balance": "remaining_credit",  # credit not yet allocated
+            "due_date": None,
+            "invoice_id": None,  # allocations name invoices; a credit note is not "of" one invoice
+        },
+        "invoice_lines": _XERO_LINE,
+        "credit_note_lines": _XERO_LINE,
+        "payments": {
+            "id": "payment_id",
+            "customer_id": "invoice__contact__contact_id",
+            "date": "date",
+            "amount": "amount",
+            "currency": "invoice__currency_code",
+            "reference": "reference",
+            "updated_at": "updated_date_utc",
+        },
+        "payment_applications": {
+            "payment_id": "payment_id",
+            "document_type": "_document_type",
+            "document_id": "invoice__invoice_id",
+            "amount": "amount",
+        },
+        "products": {
+            "id": "item_id",
+            "name": "name",
+            "active": pl.lit(True),  # Xero deletes items outright; those still listed are live
+            "type": None,
+            "income_account_id": "_income_account_id",  # the account whose Code the item's SalesDetails name
+            "tax_category_id": None,
+            "updated_at": "updated_date_utc",
+        },
+        "accounts": {
+            "id": "account_id",
+            "name": "name",
+            "code": "code",
+            "type": "type",
+            "active": (pl.col("status").str.to_uppercase() != "ARCHIVED").fill_null(True),
+        },
+        "tax_codes": {
+            "id": "tax_type",  # Xero lines name their tax by TaxType: it is the code
+            "name": "name",
+            "rate": pl.col("effective_rate") / 100,
+            "active": (pl.col("status").str.to_uppercase() == "ACTIVE").fill_null(True),
         },
     },
 }

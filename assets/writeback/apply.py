@@ -4,8 +4,8 @@
   keys, ≤ 36 characters, bIds ≤ 10), recorded before the call, so a resend after a crash or a lost answer goes
   under the same requestid and is replayed, not re-executed. Only a write QuickBooks refused outright (a
   validation fault, a stale SyncToken: nothing was written) goes again as a new request, `<key>-<attempt>`.
-  Independent writes of a wave go through the batch endpoint, 30 per call (each item paced against the
-  per-minute limit). A stale SyncToken (5010) makes apply read the record again: if the change is already
+  Independent writes of a wave go through the batch endpoint, 30 per call (the client paces each item against
+  the per-minute limit, and the calls against the batch endpoint's own 40/min). A stale SyncToken (5010) makes apply read the record again: if the change is already
   there the write is skipped, otherwise it is sent once more with the fresh SyncToken.
 - Sequence has no idempotency key: an import looks the customer up by its alias `qb-<id>` before creating it,
   a link reads the customer's integration ids before writing them, and a payment status is checked before it is
@@ -380,11 +380,8 @@ class Applier:
                 request.append({"bId": bid, "operation": "create", name: row.payload})
             else:
                 request.append({"bId": bid, "operation": "update", name: {**row.payload, "sparse": True}})
-        if client.limiter is not None:
-            # QuickBooks counts every batch item against its per-minute limit; the client's limiter counts calls
-            for _ in range(len(request) - 1):
-                client.limiter.acquire()
-                client.limiter.release()
+        # Pacing is the client's: QuickBooksClient.batch charges every item against the per-minute limit on every
+        # attempt (and the batch call against 40/min), and waits out a 429 (no Retry-After) before resending.
         try:
             answers = {a.get("bId"): a for a in client.batch(request, request_id=request_id)}
         except AppError as exc:
@@ -459,7 +456,9 @@ class Applier:
 
     @staticmethod
     def _failure(row: _Row, error: AppError) -> Outcome:
-        return Outcome(row.key, "failed", error=str(error), retriable=bool(error.retriable))
+        """A failed write, its error naming the record (Sequence id and app id) before the app's own answer
+        (which names the field, e.g. QuickBooks' `element Line`, and the reason)."""
+        return Outcome(row.key, "failed", error=f"{_record_name(row)}: {error}", retriable=bool(error.retriable))
 
     # ----- Sequence ------------------------------------------------------------------------------------------
 
@@ -601,6 +600,13 @@ def record_item_mappings(registry_path: Path, items: Mapping[tuple[str, str], st
         tmp.write_text(yaml.safe_dump(document, sort_keys=False))
         tmp.replace(registry_path)
     return added
+
+
+def _record_name(row: _Row) -> str:
+    app = "QuickBooks" if row.app == QUICKBOOKS else "Sequence"
+    ids = [f"Sequence {row.sequence_id}" if row.sequence_id else None,
+           f"QuickBooks {row.app_id}" if row.app_id else None]
+    return f"{row.operation} in {app} of {row.entity.replace('_', ' ')} ({', '.join(i for i in ids if i)})"
 
 
 def customer_request(customer: Mapping[str, Any]) -> dict[str, Any]:

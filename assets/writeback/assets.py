@@ -1,5 +1,5 @@
-"""Thin Dagster assets `writeback/plan` and `writeback/apply` (group "writeback"), and the plain functions they
-(and the CLI) run: plan from the warehouse into writeback.outbox, apply the outbox to the apps.
+"""Thin Dagster assets `writeback/plan` and `writeback/apply` (group "writeback") around the plain functions of
+run.py (which the CLI runs too): plan from the warehouse into writeback.outbox, apply the outbox to the apps.
 
 Unpartitioned like reconciliation: a plan needs every app's rows of a tenant side by side. Both assets take the
 `warehouse` pool: they write the outbox (and apply writes reconcile.links) while they run.
@@ -7,8 +7,6 @@ Unpartitioned like reconciliation: a plan needs every app's rows of a tenant sid
 
 
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +15,11 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 
 from assets.reconcile.assets import LINKS_KEY, MISMATCHES_KEY
 from assets.resources import DEFAULT_REGISTRY, Ledgerlink
-from assets.warehouse import WAREHOUSE_POOL, connect
+from assets.warehouse import WAREHOUSE_POOL
 from assets.writeback import outbox
-from assets.writeback.apply import ApplyResult, apply
-from assets.writeback.inputs import read_inputs
-from assets.writeback.plan import build_plan
-from connectors.auth import TokenStore
-from connectors.registry import Registry
+from assets.writeback.apply import ApplyResult
+# the plain functions live in run.py, free of Dagster, so that `ledgerlink apply` starts fast; re-exported here
+from assets.writeback.run import Planned, apply_writes, plan_lines, plan_writes, resync  # noqa: F401
 
 GROUP = "writeback"
 PLAN_KEY = AssetKey([GROUP, "plan"])
@@ -31,79 +27,12 @@ APPLY_KEY = AssetKey([GROUP, "apply"])
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Plain functions
+# Metadata
 # ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Planned:
-    plan: pl.DataFrame  # plan.PLAN_SCHEMA
-    merge: "outbox.Merge | None"  # None: the plan was only shown
-    states: pl.DataFrame  # idempotency_key -> the state its row has in the outbox (after the merge)
-
-
-def plan_writes(warehouse: Path, registry: Registry, *, tenants: Iterable[str] | None = None,
-                invoice: str | None = None, record: bool = True) -> Planned:
-    """Plans from the warehouse; with `record`, puts the plan into writeback.outbox (a full plan withdraws the
-    unsent rows it no longer contains; a one-invoice plan withdraws nothing)."""
-    tenants = list(tenants) if tenants is not None else None
-    with connect(warehouse, read_only=not record) as con:
-        plan = build_plan(read_inputs(con, registry), tenants=tenants, invoice=invoice)
-        merge = None
-        if record:
-            planned_tenants = tenants if tenants is not None else [c.tenant for c in registry.for_app("quickbooks")]
-            merge = outbox.merge_plan(con, plan, withdraw_tenants=None if invoice else planned_tenants)
-        rows = outbox.read(con, keys=plan["idempotency_key"].to_list())
-    states = rows.select("idempotency_key", pl.col("state").alias("outbox_state"), "attempts",
-                         pl.col("error").alias("outbox_error"))
-    return Planned(plan, merge, states)
-
-
-def apply_writes(warehouse: Path, registry: Registry, token_store: TokenStore, *, allow_writes: bool = False,
-                 tenants: Iterable[str] | None = None, keys: Iterable[str] | None = None,
-                 registry_path: Path | None = None, echo: Callable[[str], None] = print) -> ApplyResult:
-    with connect(warehouse) as con:
-        return apply(con, registry, token_store, tenants=tenants, keys=keys, allow_writes=allow_writes, echo=echo,
-                     registry_path=registry_path)
-
-
-def resync(warehouse: Path, registry: Registry, token_store: TokenStore, invoice: str, *, allow_writes: bool = False,
-           registry_path: Path | None = None, echo: Callable[[str], None] = print) -> tuple[Planned, ApplyResult]:
-    """Re-plans one Sequence invoice and re-sends it (as Sequence's dashboard does for a failed sync): its writes
-    and what they wait for; failed ones are tried again under the requestid they were first sent with."""
-    planned = plan_writes(warehouse, registry, invoice=invoice)
-    keys = planned.plan["idempotency_key"].to_list()
-    with connect(warehouse) as con:
-        earlier = outbox.read(con).filter((pl.col("entity") == "invoice") & (pl.col("sequence_id") == invoice)
-                                          & (pl.col("state") == "failed"))
-        keys += earlier["idempotency_key"].to_list()
-        outbox.reset_for_resend(con, keys)
-    result = apply_writes(warehouse, registry, token_store, allow_writes=allow_writes, keys=keys,
-                          registry_path=registry_path, echo=echo)
-    return planned, result
 
 
 def registry_file(ledgerlink: Ledgerlink) -> Path:
     return Path(ledgerlink.registry_path or os.environ.get("LEDGERLINK_REGISTRY") or DEFAULT_REGISTRY)
-
-
-def plan_lines(planned: Planned) -> list[str]:
-    """The plan per tenant, one line per write with its reason, for people."""
-    frame = planned.plan.join(planned.states, on="idempotency_key", how="left")
-    if frame.height == 0:
-        return ["nothing to write: Sequence and the connected apps agree (or the rest needs a person)"]
-    lines = []
-    for (tenant,), rows in frame.partition_by("tenant", as_dict=True, maintain_order=True).items():
-        counts = rows.group_by("state").len().sort("state")
-        lines.append(f"{tenant}: {rows.height} writes (" + ", ".join(f"{n} {s}" for s, n in counts.iter_rows()) + ")")
-        for r in rows.to_dicts():
-            record = r["sequence_id"] or f"{r['counterpart_app']} {r['app_id']}"
-            where = f" -> {r['app_id']}" if r["sequence_id"] and r["app_id"] else ""
-            state = r["outbox_state"] or r["state"]
-            lines.append(f"  [{state}] {r['app']} {r['operation']} {r['entity']} {record}{where}: {r['reason']}")
-            if r["error"] or (state in ("failed", "skipped") and r["outbox_error"]):
-                lines.append(f"      {r['error'] or r['outbox_error']}")
-    return lines
 
 
 def _markdown(frame: pl.DataFrame, keys: list[str]) -> str:

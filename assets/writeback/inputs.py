@@ -10,12 +10,35 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from assets.reconcile.assets import LINKS_TABLE, MISMATCHES_TABLE, read_unified
 from assets.reconcile.links import LINKS_SCHEMA, MISMATCH_SCHEMA
-from assets.warehouse import table_exists
+from assets.warehouse import read_table, table_exists
 from assets.writeback import outbox
+from checks.unified import MODEL, empty
 from assets.writeback.plan import QUICKBOOKS, PlanInputs, QuickBooksState
 from connectors.registry import Registry
+
+# Read here rather than through assets.reconcile.assets (which imports Dagster): `ledgerlink apply` plans first,
+# and its start-up time is paid on every run. The names are reconciliation's (tests keep them equal).
+LINKS_TABLE = "reconcile.links"
+MISMATCHES_TABLE = "reconcile.mismatches"
+PLAN_TABLES = ("customers", "invoices", "invoice_lines", "credit_notes", "credit_note_lines", "products",
+               "accounts", "tax_codes")  # the unified tables the plan reads
+
+
+def read_unified(con: duckdb.DuckDBPyConnection) -> dict[str, pl.LazyFrame]:
+    """The unified tables the plan reads, each with exactly its contract's columns and types (as reconciliation
+    conforms them: an absent table has no rows, an absent column is nulls)."""
+    frames = {}
+    for table in PLAN_TABLES:
+        frame = read_table(con, f"unified.{table}")
+        if frame.width == 0:
+            frames[table] = empty(table).lazy()
+            continue
+        columns = {name: column.dtype.type for name, column in MODEL[table].columns.items()}
+        frames[table] = frame.select([pl.col(n).cast(t) if n in frame.columns else pl.lit(None, t).alias(n)
+                                      for n, t in columns.items()]).lazy()
+    return frames
+
 
 # raw_quickbooks table -> unified entity (the records whose SyncToken an update needs)
 VERSIONED = {"customer": "customer", "invoice": "invoice", "creditmemo": "credit_note", "item": "product"}

@@ -10,8 +10,8 @@ row is skipped: the record, the field and the reason).
 What the seed asks (../shared/seeds/sequence-quickbooks-integration.txt), as operations:
   quickbooks customer   create (+ the customer's currency when multi-currency is on), update (sparse)
   quickbooks invoice / credit_note   create (the seed's field table, item mapping, tax codes by the resolution
-                        order, home-currency ExchangeRate), update (sparse, current SyncToken; also when a product
-                        gets its own item, its synced lines move to it), set_email (a sent invoice carries the
+                        order, home-currency ExchangeRate), update (sparse, current SyncToken; a product's new item
+                        is not pushed onto documents synced before it: see _later_mapping_only), set_email (a sent invoice carries the
                         merchant email so QuickBooks sends no second email), void (invoices), link (a twin found
                         by number: recorded, nothing sent)
   quickbooks product    create_item (its name, its account code; names are unique), update_item (income account)
@@ -586,10 +586,20 @@ def _document_rows(ctx: _Context, mapping: pl.DataFrame, customer_ids: pl.DataFr
 def _documents_of(ctx: _Context, entity: str, table: str, line_table: str, mapping: pl.DataFrame,
                   customer_ids: pl.DataFrame, customer_currency: pl.DataFrame) -> list[Row]:
     acting = ctx.actions.filter(pl.col("entity") == entity)
-    rebook = _rebooked(ctx, entity, table, line_table, mapping)
-    wanted = pl.concat([acting.filter(pl.col("proposed_action").is_in(["create_in_app", "update_in_app"]))
-                        .select("tenant", "sequence_id"), rebook.select("tenant", "sequence_id")]).unique()
     rows: list[Row] = []
+    later = _later_mapping_only(ctx, entity, table)
+    for r in later.sort("tenant", "sequence_id").to_dicts():
+        rows.append(Row(r["tenant"], QUICKBOOKS, entity, "update", r["sequence_id"], r["app_id"],
+                        {"Id": r["app_id"]}, "Its lines are on another item than the product's new item.",
+                        error=(f"Line.ItemRef: {entity.replace('_', ' ')} {r['sequence_id']} was synced before "
+                               f"item '{r['_items']}' was created for its product; a mapping applies to documents "
+                               "synced after it, so the synced document keeps its item (re-sync it to move it)")))
+    # those documents' update_in_app is answered by the rows above (their other actions, e.g. a void, stand)
+    acting = pl.concat([acting.filter(pl.col("proposed_action") != "update_in_app"),
+                        acting.filter(pl.col("proposed_action") == "update_in_app")
+                        .join(later.select("tenant", "sequence_id"), on=["tenant", "sequence_id"], how="anti")])
+    wanted = (acting.filter(pl.col("proposed_action").is_in(["create_in_app", "update_in_app"]))
+              .select("tenant", "sequence_id").unique())
     # void and link need no document content
     for r in acting.filter(pl.col("proposed_action") == "void_in_app").sort("tenant", "sequence_id").join(
             _versions(ctx, entity), on=["tenant", "app_id"], how="left").to_dicts():
@@ -612,12 +622,10 @@ def _documents_of(ctx: _Context, entity: str, table: str, line_table: str, mappi
     creates = acting.filter(pl.col("proposed_action") == "create_in_app").select("tenant", "sequence_id", "reasons")
     updates = (acting.filter(pl.col("proposed_action") == "update_in_app")
                .select("tenant", "sequence_id", "app_id", "fields", "reasons"))
-    rebook_notes = rebook.select("tenant", "sequence_id", pl.col("_note").alias("_rebook"))
     versions = _versions(ctx, entity)
     plan = (docs.join(creates.rename({"reasons": "_create"}), on=["tenant", "sequence_id"], how="left")
             .join(updates.rename({"reasons": "_update", "app_id": "_update_app"}), on=["tenant", "sequence_id"],
                   how="left")
-            .join(rebook_notes, on=["tenant", "sequence_id"], how="left")
             .join(versions, left_on=["tenant", "linked_id"], right_on=["tenant", "app_id"], how="left"))
     name = QBO_ENTITIES[entity]
     for doc in plan.sort("tenant", "sequence_id").to_dicts():
@@ -634,7 +642,7 @@ def _documents_of(ctx: _Context, entity: str, table: str, line_table: str, mappi
         if doc["linked_id"] is None:
             continue
         fields = set(doc["fields"] or [])
-        email_only = (doc["_rebook"] is None and fields == {"billing_email"} and entity == "invoice"
+        email_only = (fields == {"billing_email"} and entity == "invoice"
                       and doc["expected_billing_email"] is not None)
         if email_only:
             payload = {"Id": doc["linked_id"], "SyncToken": doc["sync_token"], "sparse": True,
@@ -644,10 +652,17 @@ def _documents_of(ctx: _Context, entity: str, table: str, line_table: str, mappi
             payload = {"Id": doc["linked_id"], "SyncToken": doc["sync_token"], "sparse": True,
                        **_document_payload(doc, line_rows, entity, create=False)}
             operation = "update"
-        reason = " ".join(part for part in (_reasons(doc["_update"]), doc["_rebook"]) if part)
+        # A sparse update sends Line only when a line differs: QuickBooks recomputes the tax of the lines it is
+        # sent (per rate, on the sum) and can land a cent below Sequence's per-line total, which it refuses
+        # (6000) on a paid document; lines it is not sent keep their amounts.
+        lines_differ = any(f == "line" or f.startswith("line.") for f in fields)
+        if operation == "update" and not lines_differ:
+            payload.pop("Line", None)
+            payload.pop("TxnTaxDetail", None)
+        reason = _reasons(doc["_update"])
         error = _document_error(doc, line_rows, create=False)
         applied = doc["_applied"] or Decimal(0)
-        if error is None and not email_only and applied > 0 and (doc["gross_total"] or Decimal(0)) < applied:
+        if error is None and lines_differ and applied > 0 and (doc["gross_total"] or Decimal(0)) < applied:
             # QuickBooks refuses a total below the payments applied to it (6000): a person decides
             error = (f"Line: QuickBooks has {applied.normalize():f} {doc['currency']} of payments applied to it and "
                      f"Sequence's total is {doc['gross_total'].normalize():f}: QuickBooks refuses a total below what "
@@ -760,38 +775,50 @@ def _expected_lines(ctx: _Context, table: str, line_table: str, docs: pl.DataFra
                           .then("_by_position")))
 
 
-def _rebooked(ctx: _Context, entity: str, table: str, line_table: str, mapping: pl.DataFrame) -> pl.DataFrame:
-    """Synced documents (neither side voided) with lines of a product that gets its own item from a write-back
-    while QuickBooks books those lines elsewhere (the default item): they are updated to the new item, as
-    reconciliation expects once the product is mapped. (tenant, sequence_id, _note)"""
-    new = mapping.filter(pl.col("new_item"))
-    if new.height == 0:
-        return pl.DataFrame(schema={"tenant": pl.String, "sequence_id": pl.String, "_note": pl.String})
-    # documents linked already, or by a link of this plan
-    linking = ctx.acting(entity, "link").filter(pl.col("sequence_id").is_not_null() & pl.col("app_id").is_not_null())
-    links = pl.concat([
-        ctx.inputs.links.filter((pl.col("entity") == entity) & (pl.col("app") == QUICKBOOKS))
-        .select("tenant", pl.col("sequence_id").alias("document_id"), pl.col("app_id").alias("_app_doc")).collect(),
-        linking.select("tenant", pl.col("sequence_id").alias("document_id"), pl.col("app_id").alias("_app_doc")),
-    ]).unique()
-    live_seq = ctx.unified(table, SEQUENCE).filter(~pl.col("status").is_in(["DRAFT", "VOID"])).select(
-        "tenant", pl.col("id").alias("document_id")).collect()
-    live_app = ctx.unified(table, QUICKBOOKS).filter(pl.col("status") != "VOID").select(
-        "tenant", pl.col("id").alias("_app_doc")).collect()
-    app_items = ctx.unified(line_table, QUICKBOOKS).select(
-        "tenant", pl.col("document_id").alias("_app_doc"), pl.col("product_id").alias("_app_item")).collect()
-    products = ctx.unified("products", SEQUENCE).select("tenant", pl.col("id").alias("product_id"), "name").collect()
-    hits = (ctx.unified(line_table, SEQUENCE).select("tenant", "document_id", "product_id")
-            .join(new.lazy(), on=["tenant", "product_id"], how="inner").collect()
-            .join(live_seq, on=["tenant", "document_id"], how="semi")
-            .join(links, on=["tenant", "document_id"], how="inner")
-            .join(live_app, on=["tenant", "_app_doc"], how="semi")
-            # an item already created and already on the QuickBooks lines needs nothing
-            .join(app_items.rename({"_app_item": "item_id"}), on=["tenant", "_app_doc", "item_id"], how="anti")
-            .join(products, on=["tenant", "product_id"], how="left"))
-    return (hits.group_by("tenant", "document_id").agg(pl.col("name").unique().sort().str.join("', '"))
-            .select("tenant", pl.col("document_id").alias("sequence_id"),
-                    pl.format("Moves its lines of '{}' to the product's new QuickBooks item.", "name").alias("_note")))
+# Mapping changes apply to documents synced after the mapping. The seed (sequence-quickbooks-integration.txt):
+# "When an invoice or credit note is finalized or sent, it is automatically synced to QuickBooks" and "Linking a
+# product will create a new item in QuickBooks ... This ensures synced invoice line items are accurately
+# categorized": a document is synced when it is finalised or sent (or re-synced by hand), with the mapping of that
+# moment; nothing in the seed re-books documents already in QuickBooks when a product is mapped later. So a
+# synced document whose only difference is the item of a mapping made after it (an item a write-back created
+# after the QuickBooks document existed) is not rewritten. A document updated for another difference is synced
+# again, and then takes the current mapping.
+LATER_MAPPING_FIELDS = frozenset({"line.item"})
+
+
+def _later_mapping_only(ctx: _Context, entity: str, table: str) -> pl.DataFrame:
+    """Synced documents whose every difference is a line on another item than a product's item created by a
+    write-back after the QuickBooks document existed. (tenant, sequence_id, app_id, _items: names of those items)"""
+    schema = {"tenant": pl.String, "sequence_id": pl.String, "app_id": pl.String, "_items": pl.String}
+    outbox = ctx.inputs.outbox
+    if outbox is None or not outbox.collect_schema().len():
+        return pl.DataFrame(schema=schema)
+    created = (outbox.filter((pl.col("operation") == "create_item") & (pl.col("state") == "confirmed")
+                             & pl.col("app_id").is_not_null() & pl.col("tenant").is_in(ctx.tenants))
+               .select("tenant", pl.col("app_id").alias("sequence_value"), pl.col("confirmed_at").alias("_mapped_at"),
+                       pl.col("payload").str.json_path_match("$.Name").alias("_item_name"))
+               .unique(subset=["tenant", "sequence_value"]).collect())
+    if created.height == 0:
+        return pl.DataFrame(schema=schema)
+    differences = (ctx.inputs.mismatches
+                   .filter((pl.col("app") == QUICKBOOKS) & (pl.col("entity") == entity)
+                           & (pl.col("proposed_action") == "update_in_app") & pl.col("tenant").is_in(ctx.tenants))
+                   .select("tenant", "sequence_id", "app_id", "field", "sequence_value").collect())
+    app_docs = ctx.unified(table, QUICKBOOKS).select("tenant", pl.col("id").alias("app_id"),
+                                                     pl.col("created_at").alias("_synced_at")).collect()
+    judged = (differences.join(created, on=["tenant", "sequence_value"], how="left")
+              .join(app_docs, on=["tenant", "app_id"], how="left")
+              .with_columns(_later=pl.col("field").is_in(list(LATER_MAPPING_FIELDS))
+                            & pl.col("_mapped_at").is_not_null()
+                            # unknown creation time: the document was in QuickBooks before (its line is elsewhere)
+                            & (pl.col("_synced_at").is_null()
+                               | (pl.col("_synced_at").cast(pl.Datetime("us", "UTC"))
+                                  < pl.col("_mapped_at").cast(pl.Datetime("us", "UTC"))))))
+    return (judged.group_by("tenant", "sequence_id", "app_id")
+            .agg(pl.col("_later").all().alias("_only"),
+                 pl.col("_item_name").drop_nulls().unique().sort().str.join("', '").alias("_items"))
+            .filter(pl.col("_only") & pl.col("sequence_id").is_not_null() & pl.col("app_id").is_not_null())
+            .select(*schema))
 
 
 def _document_payload(doc: Mapping[str, Any], lines: list[dict], entity: str, *, create: bool) -> dict[str, Any]:

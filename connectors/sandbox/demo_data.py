@@ -1,10 +1,12 @@
-"""Deterministic demo data for the sandbox: Sequence (billing) and its merchants' QuickBooks Online.
+"""Deterministic demo data for the sandbox: Sequence (billing) and its merchants' QuickBooks Online and Xero.
 
 `generate()` writes the fixture layout the emulators load (see DESIGN.md, "Sandbox fixtures"):
 
     <out>/<tenant>/sequence/<collection>.json     JSON arrays of records exactly as the Sequence API returns them
     <out>/<tenant>/quickbooks/<collection>.json   JSON arrays of records exactly as QuickBooks Online returns them
-    <out>/settings.json                           per-tenant integration settings (the seed document's settings)
+    <out>/<tenant>/xero/<collection>.json         the same for Xero (UK and DE tenants only; every tenant has QBO)
+    <out>/settings.json                           per-tenant integration settings (the seed document's settings;
+                                                  the Xero connection's own under "apps"."xero")
     <out>/manifest.json                           record counts and every planted discrepancy
 
 How the data is made: one consistent "truth" is generated per tenant, and every QuickBooks record is what
@@ -13,10 +15,23 @@ accounting date, merchant email on sent invoices, "[group]: [line]" descriptions
 mapping, home-currency conversion). With `discrepancies=True` the two sides are then made to disagree on
 purpose, each disagreement listed once in the manifest under its most specific kind.
 
+Xero mirrors the QuickBooks integration: a contact per linked customer (ContactNumber = Sequence customer id),
+an ACCREC invoice per finalised/sent invoice (InvoiceNumber, Date by the invoice-date setting, "[group]: [line]"
+descriptions, ItemCode/AccountCode from the Xero item mapping, TaxType by the seed's tax rules with the Xero
+connection's tax types, CurrencyCode/CurrencyRate), an ACCRECCREDIT credit note per issued credit note, one
+payment per paid invoice. Sequence stores the Xero ids as it does QuickBooks' (customer integrationIds service
+"Xero", invoice/credit-note linkedServices externalService "Xero", line externalIds key "Xero" = LineItemID),
+appended after the QuickBooks entries. Xero plants are the QuickBooks kinds that apply (not currency_differs: a
+Xero contact's currency is only a default; no memo/billing-email fields: Xero invoices have none), listed with
+app "xero" after the tenant's other discrepancies. Simplifications: credit notes are never allocated; no
+prepayments/overpayments; Xero-only records are a few invoices (one a DELETED draft, not a discrepancy),
+contacts and two contract-breaking invoices; TaxTypes for the DE (GLOBAL-version) org are OUTPUT/NONE/TAX00n.
+
 Everything derives from `random.Random` seeded by (seed, tenant) and a fixed reference time, so the same
-arguments give byte-identical files. Money is `Decimal`, rounded half-up to minor units; floats appear only
-when QuickBooks JSON numbers are emitted. Records are streamed to disk one by one, so 200k invoices fit in
-memory and take tens of seconds.
+arguments give byte-identical files; Xero draws from its own stream seeded by (seed, tenant, "xero"), so
+turning it on or off never changes a QuickBooks byte, and Sequence only gains the Xero link entries. Money is
+`Decimal`, rounded half-up to minor units; floats appear only when QuickBooks/Xero JSON numbers are emitted.
+Records are streamed to disk one by one, so 200k invoices fit in memory and take tens of seconds.
 """
 
 from __future__ import annotations
@@ -48,6 +63,7 @@ __all__ = [
     "QUICKBOOKS_COLLECTIONS",
     "REFERENCE_TIME",
     "SEQUENCE_COLLECTIONS",
+    "XERO_COLLECTIONS",
     "Discrepancy",
     "Manifest",
     "generate",
@@ -83,6 +99,17 @@ QUICKBOOKS_COLLECTIONS = (
     "companyinfo",
     "preferences",
     "exchangerate",
+)
+XERO_COLLECTIONS = (
+    "contacts",
+    "invoices",
+    "credit-notes",
+    "payments",
+    "items",
+    "accounts",
+    "tax-rates",
+    "currencies",
+    "organisation",
 )
 DISCREPANCY_KINDS = (
     "missing_in_app",
@@ -477,6 +504,45 @@ _COUNTRY_CURRENCY = {"GB": "GBP", "US": "USD", "DE": "EUR", "FR": "EUR", "NL": "
 _EU = frozenset({"DE", "FR", "NL", "IE", "ES"})
 _PRICE_FACTOR = {"GBP": Decimal(1), "EUR": Decimal("1.15"), "USD": Decimal("1.25")}
 
+# ---- Xero reference data ---------------------------------------------------------------------------------
+XERO_TENANT_COUNTRIES = frozenset({"GB", "DE"})  # the UK and DE profiles also connect Xero
+# Sequence tax code spec key -> (Xero TaxType, rate name, ReportTaxType). UK orgs have Xero's fixed VAT types;
+# a GLOBAL-version org (Germany) has OUTPUT/NONE and its own rates as TAX001, TAX002, ...
+_XERO_TAX = {
+    "GB": {"std": ("OUTPUT2", "20% (VAT on Income)", "OUTPUT"),
+           "red": ("RROUTPUT", "5% (VAT on Income)", "OUTPUT"),
+           "zero": ("ZERORATEDOUTPUT", "Zero Rated Income", "OUTPUT"),
+           "exempt": ("EXEMPTOUTPUT", "Exempt Income", "EXEMPTOUTPUT"),
+           "novat": ("NONE", "No VAT", "NONE"),
+           "rc": ("ECZROUTPUTSERVICES", "Zero Rated EC Services", "ECOUTPUTSERVICES"),
+           "old": ("TAX001", "17.5% (VAT on Income)", "OUTPUT")},
+    "DE": {"std": ("OUTPUT", "19% USt", "OUTPUT"),
+           "red": ("TAX001", "7% USt", "OUTPUT"),
+           "free": ("TAX002", "Steuerfrei", "EXEMPTOUTPUT"),
+           "nst": ("NONE", "Nicht steuerbar", "NONE"),
+           "rc": ("TAX003", "Reverse Charge §13b", "OUTPUT"),
+           "old": ("TAX004", "16% USt (2020)", "OUTPUT")},
+}
+_XERO_MISSING_TAX_TYPE = "TAX999"
+# key (as in _ACCOUNTS), Code, Name (None = the profile's tax account), Type, Class, SystemAccount
+_XERO_ACCOUNTS = (
+    ("bank", "090", "Business Bank Account", "BANK", "ASSET", None),
+    ("sales", "200", "Sales", "SALES", "REVENUE", None),
+    ("subs", "210", "Subscription Revenue", "REVENUE", "REVENUE", None),
+    ("usage", "211", "Usage Revenue", "REVENUE", "REVENUE", None),
+    ("services", "220", "Professional Services Income", "REVENUE", "REVENUE", None),
+    ("support", "230", "Support Revenue", "REVENUE", "REVENUE", None),
+    ("other", "260", "Other Revenue", "OTHERINCOME", "REVENUE", None),
+    ("ar", "610", "Accounts Receivable", "CURRENT", "ASSET", "DEBTORS"),
+    ("tax", "820", None, "CURRLIAB", "LIABILITY", "GST"),
+)
+_XERO_DEFAULT_ACCOUNT = "sales"  # unmapped products' lines carry no ItemCode and this account
+_XERO_ORG = {"GB": ("UK", "GMTSTANDARDTIME", "VAT"), "DE": ("GLOBAL", "WEUROPESTANDARDTIME", "USt")}
+_XERO_CURRENCY_NAMES = {"GBP": "British Pound", "EUR": "Euro", "USD": "United States Dollar"}
+_XERO_URL = "https://go.xero.com"
+_XERO_RATE_STEP = Decimal("0.000001")
+_XERO_ITEM_CODE = str.maketrans({" ": "-", "(": None, ")": None})
+
 # Postcode patterns: "#" = digit, "A" = capital letter, anything else literal (US/FR/ES get digits appended).
 _PLACES: dict[str, tuple[tuple[str, str, str | None], ...]] = {
     "GB": (("London", "EC1V #AA", None), ("London", "SE1 #AA", None), ("Manchester", "M1 #AA", None),
@@ -647,6 +713,34 @@ class _Customer:
     bill_addr_ref: dict | None = None  # QuickBooks BillAddr as Sequence pushes it on invoices
 
 
+@dataclass(slots=True)
+class _XContact:
+    """A Xero contact: the twin of a Sequence customer (linked or not) or a contact only Xero has."""
+
+    id: str
+    cust: _Customer
+    linked: bool  # Sequence stores its ContactID (integrationIds) and Xero its Sequence id (ContactNumber)
+    name: str
+    email: str | None
+    pobox: dict  # the billing address
+    street: dict
+    created_ts: int
+    updated_ts: int
+    outstanding: Decimal = _ZERO  # base currency
+    overdue: Decimal = _ZERO
+
+
+@dataclass(slots=True)
+class _XDoc:
+    """Ids of a Xero invoice or credit note, drawn before Sequence writes the lines that point at them."""
+
+    id: str
+    line_ids: list[str]
+    linked: bool
+    create_ts: int
+    variant: str | None
+
+
 class _InvoicePlan:
     """One Sequence invoice, decided before anything is written so discrepancies can be chosen by eligibility."""
 
@@ -707,7 +801,8 @@ class _Tenant:
     Order matters for reproducibility: all randomness comes from self.rng, consumed in a fixed sequence.
     """
 
-    def __init__(self, slug: str, profile: _Profile, n_invoices: int, seed: int, plant: bool, out: Path) -> None:
+    def __init__(self, slug: str, profile: _Profile, n_invoices: int, seed: int, plant: bool, out: Path,
+                 xero: bool = False) -> None:
         self.slug = slug
         self.p = profile
         self.n_invoices = n_invoices
@@ -720,6 +815,11 @@ class _Tenant:
         self.clock = _Clock()
         self.discrepancies: list[Discrepancy] = []
         self.counts: dict[str, dict[str, int]] = {"sequence": {}, "quickbooks": {}}
+        # Xero draws from its own stream, so turning it on never shifts a Sequence or QuickBooks value.
+        self.xero_on = xero
+        self.xrng = _Random(f"ledgerlink-demo/{seed}/{slug}/xero")
+        if xero:
+            self.counts["xero"] = {}
         self.account_id = _uuid(self.rng)  # sequenceAccountId
         self.home = profile.currency
         self._ids: dict[str, int] = {}
@@ -769,7 +869,10 @@ class _Tenant:
     # ---- writing ----------------------------------------------------------------------------------------
 
     def _open_writers(self) -> None:
-        for app, names in (("sequence", SEQUENCE_COLLECTIONS), ("quickbooks", QUICKBOOKS_COLLECTIONS)):
+        apps = [("sequence", SEQUENCE_COLLECTIONS), ("quickbooks", QUICKBOOKS_COLLECTIONS)]
+        if self.xero_on:
+            apps.append(("xero", XERO_COLLECTIONS))
+        for app, names in apps:
             folder = self.out / self.slug / app
             folder.mkdir(parents=True, exist_ok=True)
             for name in names:
@@ -793,6 +896,8 @@ class _Tenant:
         if self.plant_on:
             self._plant_invoices(plans)
         self._plan_credit_notes(plans)
+        if self.xero_on:
+            self._x_prepare(plans)
         self._open_writers()
         try:
             self._write_reference_data()
@@ -806,6 +911,8 @@ class _Tenant:
             self._emit_payments()
             self._emit_customers()
             self._emit_ledger_accounts()
+            if self.xero_on:
+                self._x_finish()
         finally:
             self._close_writers()
 
@@ -1470,6 +1577,7 @@ class _Tenant:
         qbo_id = self._txn_id() if synced else None
         qbo_create_ts = min(_REF_TS, plan.final_ts + rng.randint(20, 600)) if synced else 0
         link_value = qbo_id if linked else None
+        xero = self._x_begin(plan) if self.xero_on else None
         # Sequence lines and groups (the tax category lives on the group).
         groups: dict[str, list] = {}
         seq_lines = []
@@ -1496,6 +1604,8 @@ class _Tenant:
                 if link_value else [],
                 "revenueClassification": "EARNED", "productId": prod.id,
             }
+            if xero is not None and xero.linked:
+                record["externalIds"].append({"key": "Xero", "value": xero.line_ids[index]})
             seq_lines.append((record, prod, qty, rate, title, tax, net, line_tax, group))
         gross_total = net_total + tax_total
         for group_id, category, g_net, g_tax, g_index, title in groups.values():
@@ -1593,6 +1703,10 @@ class _Tenant:
         record["paymentAllocations"] = allocations
         record["paymentTermDays"] = plan.terms
         record["dueDateSource"] = "CALCULATED"
+        if xero is not None:
+            if xero.linked:
+                record["linkedServices"].append(self._x_link(xero.id, "Invoice", xero.create_ts))
+            self._x_emit_invoice(plan, seq_lines, xero)
         if plan.credit_note:
             credit_note_id = _uuid(rng)
             record["creditNoteIds"] = [credit_note_id]
@@ -1869,17 +1983,22 @@ class _Tenant:
                          "index": g_index, "netTotal": str(g_net), "totalTax": str(g_tax),
                          "grossTotal": str(g_net + g_tax)})
         write_line = self._w("sequence", "credit-note-line-items")
+        xero = self._x_begin_credit_note(plan, cn_id, number, status, len(cn_lines), created_ts) \
+            if self.xero_on else None
         qbo_inputs = []
         for (line_rec, prod, qty, rate, title, tax, net, line_tax, g, index) in cn_lines:
             line_id = _uuid(rng)
-            write_line({
+            line_record = {
                 "id": line_id, "creditNoteId": cn_id, "groupId": g[0], "lineItemId": line_rec["id"],
                 "title": title, "quantity": _plain(qty), "rate": _rate_text(rate), "taxRate": tax[3],
                 "index": index, "netTotal": str(net), "totalTax": str(line_tax), "grossTotal": str(net + line_tax),
                 "rateDisplay": "ABSOLUTE",
                 "externalIds": [{"key": "QuickBooks_Online", "value": f"{qbo_id}-{index + 1}"}] if qbo_id else [],
                 "servicePeriod": {"start": clock.date(plan.period[0]), "endInclusive": clock.date(plan.period[1])},
-                "revenueClassification": "EARNED", "productId": prod.id})
+                "revenueClassification": "EARNED", "productId": prod.id}
+            if xero is not None:
+                line_record["externalIds"].append({"key": "Xero", "value": xero.line_ids[index]})
+            write_line(line_record)
             qbo_inputs.append([prod.item or self.default_item, f"{g[1]}: {title}", qty, rate, tax, line_id])
         gross = net_total + tax_total
         record: dict[str, Any] = {"id": cn_id, "sequenceAccountId": self.account_id, "status": status,
@@ -1912,6 +2031,9 @@ class _Tenant:
         record["applications"] = []
         record["settings"] = {"generateCashCreditGrant": "DISABLED"}
         record["accountingDate"] = clock.date(issue)
+        if xero is not None:
+            record["linkedServices"].append(self._x_link(xero.id, "CreditNote", xero.create_ts))
+            self._x_emit_credit_note(plan, record, cn_lines, xero)
         self._w("sequence", "credit-notes")(record)
         if not synced:
             if variant == "missing":
@@ -2047,6 +2169,10 @@ class _Tenant:
             if cust.stripe_id and cust.role == "core":
                 integrations.append({"service": "Stripe", "id": cust.stripe_id,
                                      "lastSynced": clock.seq(cust.created_ts + 300), "isPending": False})
+            xc = self.xc.get(cust.seq_id) if self.xero_on else None
+            if xc is not None and xc.linked:
+                integrations.append({"service": "Xero", "id": xc.id, "lastSynced": clock.seq(xc.updated_ts),
+                                     "isPending": False})
             record["integrationIds"] = integrations
             if cust.archived_ts:
                 record["archivedAt"] = clock.seq(cust.archived_ts)
@@ -2147,6 +2273,702 @@ class _Tenant:
                    "AcctNum": number, "CurrentBalance": balance, "CurrentBalanceWithSubAccounts": balance,
                    "CurrencyRef": self.qbo_home_ref})
 
+    # ---- Xero (UK and DE tenants) -----------------------------------------------------------------------
+    # Every Xero record is what Sequence's integration would have written for the same truth (the seed's field
+    # table, read for Xero), then bent where a Xero discrepancy is planted. Only self.xrng is drawn from here;
+    # main-stream helpers (_address, _new_customer) run on it through _on_xrng.
+
+    def _on_xrng(self, fn: Callable[..., Any], *args: Any) -> Any:
+        saved, self.rng = self.rng, self.xrng
+        try:
+            return fn(*args)
+        finally:
+            self.rng = saved
+
+    def _xplant(self, entity: str, kind: str, field: str | None, sequence_id: str | None, app_id: str | None,
+                detail: str) -> None:
+        # Numbered after the tenant's other discrepancies once everything is generated (see _x_finish).
+        self.x_discrepancies.append({
+            "id": "", "tenant": self.slug, "app": "xero", "entity": entity, "kind": kind, "field": field,
+            "sequence_id": sequence_id, "app_id": app_id, "detail": detail})
+
+    def _x_ts(self, ts: int) -> tuple[str, str]:
+        return f"/Date({ts * 1000}+0000)/", self.clock.seq(ts)
+
+    def _x_day(self, day: int) -> tuple[str, str]:
+        return f"/Date({_day_start(day) * 1000}+0000)/", f"{self.clock.date(day)}T00:00:00"
+
+    def _x_recent(self, after: int) -> int:
+        return min(_REF_TS, max(after, _REF_TS - self.xrng.randint(0, WINDOW_DAYS * _DAY)))
+
+    def _x_rate(self, currency: str, day: int) -> tuple[Decimal, Decimal]:
+        """(Xero CurrencyRate = units of `currency` per base unit, home units per unit of `currency`)."""
+        if currency == self.home:
+            return Decimal(1), Decimal(1)
+        fx = self.fx.get((currency, day), Decimal(1))
+        return (1 / fx).quantize(_XERO_RATE_STEP, ROUND_HALF_UP), fx
+
+    def _x_link(self, xero_id: str, kind: str, ts: int) -> dict:
+        page = ("AccountsReceivable/View.aspx?InvoiceID" if kind == "Invoice"
+                else "AccountsReceivable/ViewCreditNote.aspx?creditNoteID")
+        return {"externalId": xero_id, "externalService": "Xero", "syncTime": self.clock.seq(ts),
+                "externalUrl": f"{_XERO_URL}/{page}={xero_id}"}
+
+    def _x_prepare(self, plans: list[_InvoicePlan]) -> None:
+        """Xero's reference data, contacts and the choice of Xero plants, before anything is written."""
+        x, p = self.xrng, self.p
+        self.x_discrepancies: list[Discrepancy] = []
+        self.x_payments: list[tuple] = []
+        self.x_doc_number = 0
+        self.x_org_id = _uuid(x)
+        self.x_created_ts = self.company_start_ts + x.randint(1, 20) * _DAY
+        # Tax rates, by the same spec keys as the QuickBooks codes (the Sequence side resolves the same way).
+        specs = _XERO_TAX[p.country]
+        self.x_tax: dict[str, str] = {}
+        self.x_tax_records: list[dict] = []
+        component = _XERO_ORG[p.country][2]
+        for spec in p.tax_codes:
+            tax_type, name, report = specs[spec.key]
+            self.x_tax[spec.key] = tax_type
+            rate = float(Decimal(spec.percent))
+            self.x_tax_records.append({
+                "Name": name, "TaxType": tax_type,
+                "TaxComponents": [{"Name": component, "Rate": rate, "IsCompound": False, "IsNonRecoverable": False}],
+                "Status": "ACTIVE" if spec.active else "ARCHIVED", "ReportTaxType": report,
+                "CanApplyToAssets": True, "CanApplyToEquity": True, "CanApplyToExpenses": True,
+                "CanApplyToLiabilities": True, "CanApplyToRevenue": True, "DisplayTaxRate": rate,
+                "EffectiveRate": rate})
+        self.x_tax_by_code = {code.id: self.x_tax[key] for key, code in self.tax_codes.items()}
+        self.x_tax_map = {self.categories[role].id: self.x_tax[key] for role, _name, key in p.categories}
+        if self.plant_on:
+            inactive = self.x_tax[p.inactive_code]
+            for cat, code in zip(self.extra_categories, (inactive, _XERO_MISSING_TAX_TYPE), strict=True):
+                self.x_tax_map[cat.id] = code
+                why = (f"mapped to archived Xero tax rate {code} ({specs[p.inactive_code][1]})" if code == inactive
+                       else f"mapped to Xero tax type {code}, which does not exist")
+                self._xplant("tax_category", "tax_code_unresolved", "tax_code", cat.id,
+                             code if code == inactive else None, f"Tax category '{cat.name}' is {why}.")
+        # Accounts (Xero's default chart numbering).
+        self.x_accounts: dict[str, tuple] = {}
+        for key, code, name, acc_type, acc_class, system in _XERO_ACCOUNTS:
+            self.x_accounts[key] = (_uuid(x), code, name or p.tax_account, acc_type, acc_class, system)
+        self.x_default_account = self.x_accounts[_XERO_DEFAULT_ACCOUNT][1]
+        # Items: legacy ones, then one per mapped product (Code and Name are unique in Xero).
+        catalog_ts = self.company_start_ts + 30 * _DAY
+        self.x_items: dict[str, list] = {}  # product id -> [ItemID, Code, Name, account key, created, product]
+        self.x_item_list: list[list] = []
+
+        def new_item(name: str, account_key: str, product: _Product | None, created: int) -> list:
+            item = [_uuid(x), name.upper().translate(_XERO_ITEM_CODE)[:30], name, account_key, created, product]
+            self.x_item_list.append(item)
+            return item
+
+        legacy = {name: new_item(name, acct, None, self.x_created_ts) for name, acct in _LEGACY_ITEMS}
+        unmapped = set(x.sample(_UNMAPPABLE, 2)) if self.plant_on else set()
+        for prod in self.products:
+            if prod.name not in unmapped:
+                self.x_items[prod.id] = new_item(prod.name, prod.account_key, prod,
+                                                 min(_REF_TS, catalog_ts + x.randint(0, 400 * _DAY)))
+        self.x_item_settings = {pid: {"item_id": it[0], "item_code": it[1],
+                                      "account_code": self.x_accounts[it[3]][1]} for pid, it in self.x_items.items()}
+        if self.plant_on:
+            for prod in self.products:
+                if prod.id not in self.x_items:
+                    self._xplant("product", "product_unmapped", "item", prod.id, None,
+                                 f"Product '{prod.name}' has no Xero item mapping; its synced lines carry no ItemCode "
+                                 f"and account {self.x_default_account}.")
+            for prod in self.extra_products:
+                item = legacy[prod.name]
+                self._xplant("product", "item_name_not_unique", "name", prod.id, item[0],
+                             f"Product '{prod.name}' is unmapped and a Xero item named '{prod.name}' ({item[0]}, "
+                             f"Code {item[1]}) already exists; creating its item would fail (names are unique).")
+            mapped = [prod for prod in self.products if prod.id in self.x_items and prod.name != "Platform fee"]
+            for prod in x.sample(mapped, 2):
+                item = self.x_items[prod.id]
+                expected = self.x_accounts[item[3]]
+                item[3] = "other" if item[3] != "other" else "sales"
+                other = self.x_accounts[item[3]]
+                self._xplant("product", "item_account_differs", "account_code", prod.id, item[0],
+                             f"Settings book '{prod.name}' to account {expected[1]} ({expected[2]}); Xero item "
+                             f"{item[1]} uses {other[1]} ({other[2]}).")
+        self.x_mapped = [it for it in self.x_item_list if it[5] is not None]
+        # Contacts: every linked Sequence customer, and twins of the never-linked ones.
+        self.xc: dict[str, _XContact] = {}
+        self.x_names: set[str] = set()
+        for cust in self.customers:
+            if cust.role == "core":
+                self._x_contact(cust, cust.created_ts + x.randint(60, 1800), linked=True)
+            elif cust.role == "unlinked":
+                self._x_contact(cust, cust.created_ts - x.randint(30 * _DAY, 300 * _DAY), linked=False)
+        self.x_invoice_plants: dict[str, tuple[str, str | None, str]] = {}
+        self.x_cn_plants: dict[str, str] = {}
+        if not self.plant_on:
+            return
+        for cust in self.customers:
+            if cust.role == "new":
+                self._xplant("customer", "missing_in_app", None, cust.seq_id, None,
+                             f"'{cust.name}' exists in Sequence only (no Xero link or twin).")
+            elif cust.role == "unlinked":
+                xc = self.xc[cust.seq_id]
+                self._xplant("customer", "unlinked_candidate", None, cust.seq_id, xc.id,
+                             f"'{cust.name}' matches Xero contact {xc.id} by name and email but has no Xero "
+                             f"integration id.")
+        live = [c for c in self.core if c.archived_ts is None]
+        victims = iter(x.sample(live, min(len(live), 5 * self.scale)))
+        for field in ("name", "billing_email", "billing_address.line1", "billing_address.city",
+                      "billing_address.postal_code"):
+            for _ in range(self.scale):
+                cust = next(victims, None)
+                if cust is not None:
+                    self._x_plant_contact_field(cust, field)
+        # Invoices: the QuickBooks kinds that exist in Xero (it has no memo or bill email on invoices, and a
+        # contact's currency is only a default, so currency_differs cannot happen).
+        order = [pl for pl in plans if pl.plant is None]
+        x.shuffle(order)
+        s = self.scale
+
+        def issued(pl: _InvoicePlan) -> bool:
+            return pl.status in _ISSUED
+
+        def taxable_line(pl: _InvoicePlan) -> bool:
+            return any(self._tax_for(pl.cust, prod.category)[1] > 0 for prod, *_ in pl.lines)
+
+        table: list[tuple[str, str | None, str, int, Callable[[_InvoicePlan], bool]]] = [
+            ("stripe_link_ignored", "payment_status", "stripe", 2 * s,
+             lambda pl: issued(pl) and not pl.paid and pl.provider == "STRIPE"),
+            ("status_differs", "status", "seq_void", 2 * s, lambda pl: pl.status == "VOIDED"),
+            ("status_differs", "status", "app_void", 2 * s, lambda pl: issued(pl) and not pl.paid),
+            ("status_differs", "payment_status", "app_paid", 2 * s,
+             lambda pl: issued(pl) and not pl.paid and pl.provider != "STRIPE"),
+            ("status_differs", "payment_status", "seq_paid", 2 * s,
+             lambda pl: issued(pl) and pl.paid and pl.provider != "STRIPE"),
+            ("missing_in_app", None, "missing", 2 * s, issued),
+            ("unlinked_candidate", None, "unlinked", 2 * s, issued),
+            ("field_differs", "invoice_date", "invoice_date", s, lambda pl: issued(pl) and pl.acct != pl.issue),
+            ("field_differs", "line.tax_code", "line.tax_code", s, lambda pl: issued(pl) and taxable_line(pl)),
+            ("field_differs", "line.item", "line.item", s,
+             lambda pl: issued(pl) and any(prod.id in self.x_items for prod, *_ in pl.lines)),
+            ("field_differs", "due_date", "due_date", s, issued),
+            ("field_differs", "number", "number", s, issued),
+            ("field_differs", "line.description", "line.description", s, issued),
+            ("field_differs", "line.quantity", "line.quantity", s, issued),
+            ("field_differs", "line.rate", "line.rate", s, issued),
+        ]
+        for kind, field, variant, count, eligible in table:
+            picked = 0
+            for plan in order:
+                if picked == count:
+                    break
+                if plan.id not in self.x_invoice_plants and eligible(plan):
+                    self.x_invoice_plants[plan.id] = (kind, field, variant)
+                    picked += 1
+        credited = [pl for pl in plans if pl.credit_note in _ISSUED]
+        x.shuffle(credited)
+        slots = ["missing"] * s + ["number"] * s + ["line.rate"] * s
+        for plan, variant in zip(credited, slots, strict=False):
+            self.x_cn_plants[plan.id] = variant
+
+    def _x_contact(self, cust: _Customer, created: int, linked: bool) -> _XContact:
+        addr = cust.address
+        pobox: dict[str, Any] = {"AddressType": "POBOX", "AddressLine1": addr["line1"]}
+        if "line2" in addr:
+            pobox["AddressLine2"] = addr["line2"]
+        pobox["City"] = addr["town"]
+        pobox["Region"] = addr.get("state", "")
+        pobox["PostalCode"] = addr["postcode"]
+        pobox["Country"] = addr["country"]  # Sequence writes the alpha-2 code (Xero's Country is free text)
+        created = min(created, _REF_TS)
+        xc = _XContact(_uuid(self.xrng), cust, linked, cust.name, cust.primary_email, pobox, dict(pobox),
+                       created, self._x_recent(created))
+        xc.street["AddressType"] = "STREET"
+        self.x_names.add(cust.name)
+        self.xc[cust.seq_id] = xc
+        return xc
+
+    def _x_plant_contact_field(self, cust: _Customer, field: str) -> None:
+        x, xc = self.xrng, self.xc[cust.seq_id]
+        addr = xc.pobox
+        if field == "name":
+            short = cust.name.rsplit(" ", 1)[0]
+            xc.name = short if short not in self.x_names else f"{short} (old)"
+            self.x_names.add(xc.name)
+            seq_value, app_value = cust.name, xc.name
+        elif field == "billing_email":
+            local = "accounts" if not cust.primary_email.startswith("accounts@") else "finance"
+            xc.email = f"{local}@{cust.primary_email.split('@', 1)[1]}"
+            seq_value, app_value = cust.primary_email, xc.email
+        elif field == "billing_address.line1":
+            old = addr["AddressLine1"]
+            addr["AddressLine1"] = old.replace(old.split(" ")[0], str(x.randint(241, 999)), 1) \
+                if cust.country in _STREET_NUMBER_FIRST else f"{old.rsplit(' ', 1)[0]} {x.randint(241, 999)}"
+            seq_value, app_value = cust.address["line1"], addr["AddressLine1"]
+        elif field == "billing_address.city":
+            addr["City"] = x.choice([t for t, _, _ in _PLACES[cust.country] if t != cust.address["town"]])
+            seq_value, app_value = cust.address["town"], addr["City"]
+        else:
+            new = cust.address["postcode"]
+            while new == cust.address["postcode"]:
+                new = self._on_xrng(self._address, cust.country)["postcode"]
+            addr["PostalCode"] = new
+            seq_value, app_value = cust.address["postcode"], new
+        self._xplant("customer", "field_differs", field, cust.seq_id, xc.id,
+                     f"Sequence '{seq_value}' vs Xero '{app_value}'.")
+
+    def _x_begin(self, plan: _InvoicePlan) -> _XDoc | None:
+        """Ids of the Xero twin of an invoice (None when it was never synced), drawn before Sequence writes its
+        lines so that they can carry the Xero line ids."""
+        if plan.status == "DRAFT":
+            return None
+        plant = self.x_invoice_plants.get(plan.id)
+        variant = plant[2] if plant else None
+        if variant == "missing":
+            self._xplant("invoice", "missing_in_app", None, plan.id, None,
+                         f"{plan.status} invoice {plan.number} was never synced to Xero.")
+            return None
+        x = self.xrng
+        doc = _XDoc(_uuid(x), [_uuid(x) for _ in plan.lines], variant != "unlinked",
+                    min(_REF_TS, plan.final_ts + x.randint(20, 600)), variant)
+        return doc
+
+    def _x_lines(self, seq_lines: list) -> list[list]:
+        """[Sequence line id, description, qty, rate, item or None, account code, TaxType, percent] per line."""
+        out = []
+        for (record, prod, qty, rate, title, tax, *_rest, group) in seq_lines:
+            item = self.x_items.get(prod.id)
+            account = self.x_accounts[item[3]][1] if item else self.x_default_account
+            out.append([record["id"], f"{group[5]}: {title}", qty, rate, item, account, self.x_tax_by_code[tax[0]],
+                        tax[1]])
+        return out
+
+    def _x_bend_line(self, lines: list[list], variant: str, line_ids: list[str]) -> str:
+        x = self.xrng
+        if variant == "line.tax_code":
+            choices = [i for i, line in enumerate(lines) if line[7] > 0]
+        elif variant == "line.item":
+            choices = [i for i, line in enumerate(lines) if line[4] is not None]
+        else:
+            choices = list(range(len(lines)))
+        n = x.choice(choices)
+        line = lines[n]
+        where = f"line {n + 1} (Sequence line {line[0]}, Xero LineItemID {line_ids[n]})"
+        if variant == "line.description":
+            expected = line[1]
+            line[1] = line[1].split(": ", 1)[1]
+            return f"{where}: Sequence expects '{expected}', Xero has '{line[1]}'."
+        if variant == "line.quantity":
+            line[2] = line[2] + 1
+            return f"{where}: quantity Sequence {_plain(line[2] - 1)} vs Xero {_plain(line[2])}."
+        if variant == "line.rate":
+            old = line[3]
+            step = Decimal(1).scaleb(old.as_tuple().exponent)
+            line[3] = max((old * Decimal("1.1")).quantize(step, ROUND_HALF_UP), old + step)
+            return f"{where}: rate Sequence {_rate_text(old)} vs Xero {_rate_text(line[3])}."
+        if variant == "line.tax_code":
+            old = line[6]
+            line[6], line[7] = self.x_tax[self.p.zero_code], _ZERO
+            return f"{where}: tax type expected {old} vs Xero {line[6]}."
+        old_item = line[4]
+        line[4] = x.choice([it for it in self.x_mapped if it is not old_item])
+        line[5] = self.x_accounts[line[4][3]][1]
+        return f"{where}: item expected {old_item[1]} ({old_item[2]}) vs Xero {line[4][1]} ({line[4][2]})."
+
+    def _x_document(self, kind: str, doc_id: str, number: str | None, xc: _XContact, day: int, due: int | None,
+                    currency: str, lines: list[list], line_ids: list[str], status: str, create_ts: int,
+                    update_ts: int, reference: str | None) -> tuple[dict, Decimal, Decimal]:
+        """An ACCREC invoice or ACCRECCREDIT credit note as Xero returns it; totals from its own lines."""
+        items = []
+        subtotal = total_tax = _ZERO
+        for (_sid, description, qty, rate, item, account, tax_type, percent), line_id in zip(lines, line_ids,
+                                                                                            strict=True):
+            amount = _money(qty * rate)
+            tax = _money(amount * percent / _HUNDRED) if percent else _ZERO
+            subtotal += amount
+            total_tax += tax
+            line: dict[str, Any] = {"LineItemID": line_id, "Description": description, "Quantity": float(qty),
+                                    "UnitAmount": float(rate)}
+            if item is not None:
+                line["ItemCode"] = item[1]
+                line["Item"] = {"ItemID": item[0], "Name": item[2], "Code": item[1]}
+            line["AccountCode"] = account
+            line["TaxType"] = tax_type
+            line["TaxAmount"] = float(tax)
+            line["LineAmount"] = float(amount)
+            line["Tracking"] = []
+            items.append(line)
+        total = subtotal + total_tax
+        rate, _fx = self._x_rate(currency, day)
+        date_ms, date_text = self._x_day(day)
+        updated_ms, updated_text = self._x_ts(update_ts)
+        record: dict[str, Any] = {"Type": kind}
+        record["InvoiceID" if kind == "ACCREC" else "CreditNoteID"] = doc_id
+        if number:
+            record["InvoiceNumber" if kind == "ACCREC" else "CreditNoteNumber"] = number
+        record["Reference"] = reference or ""
+        record["Contact"] = {"ContactID": xc.id, "Name": xc.name}
+        record["DateString"] = date_text
+        record["Date"] = date_ms
+        if due is not None:
+            due_ms, due_text = self._x_day(due)
+            record["DueDateString"] = due_text
+            record["DueDate"] = due_ms
+        record["Status"] = status
+        record["LineAmountTypes"] = "Exclusive"  # Sequence prices are net of tax
+        record["LineItems"] = items
+        record["SubTotal"] = float(subtotal)
+        record["TotalTax"] = float(total_tax)
+        record["Total"] = float(total)
+        record["CurrencyCode"] = currency
+        record["CurrencyRate"] = float(rate)
+        record["SentToContact"] = False  # Sequence emails its own invoices; Xero must not send them again
+        record["HasAttachments"] = False
+        record["UpdatedDateUTC"] = updated_ms
+        record["UpdatedDateUTCString"] = updated_text
+        return record, total, rate
+
+    def _x_emit_invoice(self, plan: _InvoicePlan, seq_lines: list, doc: _XDoc) -> None:
+        x, xc, variant = self.xrng, self.xc[plan.cust.seq_id], doc.variant
+        lines = self._x_lines(seq_lines)
+        detail = ""
+        if variant is not None and variant.startswith("line."):
+            detail = self._x_bend_line(lines, variant, doc.line_ids)
+        day = plan.issue if self.p.invoice_date == "issue" else plan.acct
+        due, number = plan.due, plan.number
+        if variant == "invoice_date":
+            day = plan.acct if self.p.invoice_date == "issue" else plan.issue
+            detail = (f"settings say invoice date = {self.p.invoice_date} date "
+                      f"({self.clock.date(plan.issue if self.p.invoice_date == 'issue' else plan.acct)}); "
+                      f"Xero Date {self.clock.date(day)} is the other date.")
+        elif variant == "due_date":
+            due += 14
+            detail = f"dueDate {self.clock.date(plan.due)} vs Xero DueDate {self.clock.date(due)}."
+        elif variant == "number":
+            number = f"{plan.number}-1"
+            detail = f"invoiceNumber {plan.number} vs Xero InvoiceNumber {number}."
+        voided = (plan.status == "VOIDED" and variant != "seq_void") or variant == "app_void"
+        paid = not voided and ((plan.paid and variant != "seq_paid") or variant in ("app_paid", "stripe"))
+        update_ts = doc.create_ts
+        paid_day = pay_ts = None
+        if paid:
+            paid_day = plan.paid_day if plan.paid_day is not None else plan.issue + x.randint(1, _REF_DAY - plan.issue)
+            pay_ts = min(_REF_TS, max(_day_start(paid_day) + 8 * 3600 + x.randint(0, 9 * 3600), doc.create_ts + 60))
+            update_ts = pay_ts
+        elif voided:
+            update_ts = max(update_ts, min(_REF_TS, plan.event_ts + x.randint(10, 600)))
+        status = "VOIDED" if voided else "PAID" if paid else "AUTHORISED"
+        record, total, rate = self._x_document("ACCREC", doc.id, number, xc, day, due, plan.currency, lines,
+                                               doc.line_ids, status, doc.create_ts, update_ts, plan.po)
+        self._x_settle(record, total, rate, xc, due, paid_day, pay_ts, voided)
+        self._w("xero", "invoices")(record)
+        if variant is None:
+            return
+        kind, field, _ = self.x_invoice_plants[plan.id]
+        if variant == "seq_void":
+            detail = f"Sequence VOIDED; Xero invoice {doc.id} is still AUTHORISED."
+        elif variant == "app_void":
+            detail = f"Xero invoice {doc.id} is VOIDED; Sequence is {plan.status} and UNPAID."
+        elif variant == "app_paid":
+            detail = (f"Xero invoice {doc.id} is PAID (AmountDue 0); Sequence is UNPAID (payment link provider: "
+                      f"{plan.provider or 'none'}) -> mark paid in Sequence.")
+        elif variant == "seq_paid":
+            detail = f"Sequence is PAID; Xero invoice {doc.id} is AUTHORISED with no payment."
+        elif variant == "stripe":
+            detail = (f"Xero invoice {doc.id} is PAID, but the Sequence invoice has a Stripe payment link: Sequence "
+                      f"ignores Xero payment status, so no paid write may be planned.")
+        elif variant == "unlinked":
+            detail = (f"Xero invoice {doc.id} has InvoiceNumber {plan.number} and the linked contact, but the Sequence "
+                      f"invoice has no Xero linkedServices entry.")
+        self._xplant("invoice", kind, field, plan.id, doc.id, detail)
+
+    def _x_settle(self, record: dict, total: Decimal, rate: Decimal, xc: _XContact, due: int,
+                  paid_day: int | None, pay_ts: int | None, voided: bool) -> None:
+        """Payments, amounts due and the contact's balance of one invoice (one payment settles it in full)."""
+        payments = []
+        if paid_day is not None:
+            payment_id = _uuid(self.xrng)
+            date_ms, _ = self._x_day(paid_day)
+            reference = f"{self.p.payment_ref}-{self.xrng.randint(10000, 99999)}"
+            payments.append({"PaymentID": payment_id, "Date": date_ms, "Amount": float(total),
+                             "Reference": reference, "CurrencyRate": float(rate), "HasAccount": False,
+                             "HasValidationErrors": False})
+            self.x_payments.append((payment_id, record["InvoiceID"], record.get("InvoiceNumber"), xc,
+                                    record["CurrencyCode"], paid_day, pay_ts, total, rate, reference))
+        due_amount = _ZERO if (voided or paid_day is not None) else total
+        paid_amount = total if paid_day is not None else _ZERO
+        record["Payments"] = payments
+        record["CreditNotes"] = []
+        record["Prepayments"] = []
+        record["Overpayments"] = []
+        record["AmountDue"] = float(due_amount)
+        record["AmountPaid"] = float(paid_amount)
+        record["AmountCredited"] = 0.0
+        record["IsDiscounted"] = False
+        if paid_day is not None:
+            record["FullyPaidOnDate"] = self._x_day(paid_day)[0]
+        if due_amount:
+            base = _money(due_amount / rate)
+            xc.outstanding += base
+            if due < _REF_DAY:
+                xc.overdue += base
+
+    def _x_begin_credit_note(self, plan: _InvoicePlan, cn_id: str, number: str | None, status: str, n_lines: int,
+                             created_ts: int) -> _XDoc | None:
+        if status == "DRAFT":
+            return None
+        if self.x_cn_plants.get(plan.id) == "missing":
+            self._xplant("credit_note", "missing_in_app", None, cn_id, None,
+                         f"{status} credit note {number} was never synced to Xero.")
+            return None
+        x = self.xrng
+        return _XDoc(_uuid(x), [_uuid(x) for _ in range(n_lines)], True,
+                     min(_REF_TS, created_ts + x.randint(20, 600)), self.x_cn_plants.get(plan.id))
+
+    def _x_emit_credit_note(self, plan: _InvoicePlan, record: dict, cn_lines: list, doc: _XDoc) -> None:
+        xc = self.xc[plan.cust.seq_id]
+        lines = []
+        for (_rec, prod, qty, rate, title, tax, _net, _tax, g, _index) in cn_lines:
+            item = self.x_items.get(prod.id)
+            account = self.x_accounts[item[3]][1] if item else self.x_default_account
+            lines.append([None, f"{g[1]}: {title}", qty, rate, item, account, self.x_tax_by_code[tax[0]], tax[1]])
+        number = record["creditNoteNumber"]
+        detail = ""
+        if doc.variant == "number":
+            number = f"{number}-1"
+            detail = f"creditNoteNumber {record['creditNoteNumber']} vs Xero CreditNoteNumber {number}."
+        elif doc.variant == "line.rate":
+            old = lines[0][3]
+            step = Decimal(1).scaleb(old.as_tuple().exponent)
+            lines[0][3] = max((old * Decimal("1.1")).quantize(step, ROUND_HALF_UP), old + step)
+            detail = (f"line 1 (Xero LineItemID {doc.line_ids[0]}): rate Sequence {_rate_text(old)} vs Xero "
+                      f"{_rate_text(lines[0][3])}.")
+        day = date.fromisoformat(record["issueDate"]).toordinal()
+        xrecord, total, rate = self._x_document("ACCRECCREDIT", doc.id, number, xc, day, None, plan.currency, lines,
+                                                doc.line_ids, "AUTHORISED", doc.create_ts, doc.create_ts,
+                                                record["memo"])
+        xrecord["RemainingCredit"] = float(total)
+        xrecord["Allocations"] = []
+        xrecord["Payments"] = []
+        xrecord["AppliedAmount"] = 0.0
+        xc.outstanding -= _money(total / rate)
+        self._w("xero", "credit-notes")(xrecord)
+        if doc.variant:
+            self._xplant("credit_note", "field_differs", doc.variant, record["id"], doc.id, detail)
+
+    def _x_finish(self) -> None:
+        """Xero-only and broken records, then payments, contacts and reference data; numbers the Xero plants."""
+        x = self.xrng
+        write = self._w("xero", "invoices")
+        extra_contacts: list[_XContact] = []
+        if self.plant_on:
+            live = [c for c in self.core if c.archived_ts is None] or self.core
+            # Invoices created in Xero by hand: missing in Sequence (a deleted draft is no discrepancy).
+            for n in range(2 * self.scale + 1):
+                cust = x.choice(live)
+                xc = self.xc[cust.seq_id]
+                day = _REF_DAY - x.randint(1, 30)
+                ts = min(_REF_TS, _day_start(day) + 8 * 3600 + x.randint(0, 9 * 3600))
+                self.x_doc_number += 1
+                number = f"INV-{self.x_doc_number:04d}"
+                lines = self._x_only_lines(cust)
+                doc_id = _uuid(x)
+                deleted = n == 2 * self.scale
+                record, total, rate = self._x_document(
+                    "ACCREC", doc_id, number, xc, day, day + 30, cust.currency, lines,
+                    [_uuid(x) for _ in lines], "DELETED" if deleted else "AUTHORISED", ts, ts, None)
+                self._x_settle(record, total, rate, xc, day + 30, None, None, deleted)
+                write(record)
+                if not deleted:
+                    self._xplant("invoice", "missing_in_sequence", None, None, doc_id,
+                                 f"Xero invoice {doc_id} ({number}) for '{xc.name}' was created in Xero and has no "
+                                 f"Sequence counterpart.")
+            for broken in ("InvoiceID", "Total"):
+                cust = x.choice(live)
+                xc = self.xc[cust.seq_id]
+                day = _REF_DAY - x.randint(1, 30)
+                ts = min(_REF_TS, _day_start(day) + 8 * 3600 + x.randint(0, 9 * 3600))
+                self.x_doc_number += 1
+                number = f"INV-{self.x_doc_number:04d}"
+                lines = self._x_only_lines(cust)
+                doc_id = _uuid(x)
+                record, total, _rate = self._x_document(
+                    "ACCREC", doc_id, number, xc, day, day + 30, cust.currency, lines,
+                    [_uuid(x) for _ in lines], "AUTHORISED", ts, ts, None)
+                balances = xc.outstanding, xc.overdue
+                self._x_settle(record, total, _rate, xc, day + 30, None, None, False)
+                xc.outstanding, xc.overdue = balances  # broken records do not count
+                if broken == "InvoiceID":
+                    del record["InvoiceID"]
+                    self._xplant("invoice", "invalid", "InvoiceID", None, None,
+                                 f"Xero invoice InvoiceNumber={number} has no InvoiceID.")
+                else:
+                    whole, cents = f"{total:.2f}".split(".")
+                    record["Total"] = f"{int(whole):,}".replace(",", ".") + "," + cents
+                    self._xplant("invoice", "invalid", "Total", None, doc_id,
+                                 f"Xero invoice {doc_id} ({number}) has Total '{record['Total']}' "
+                                 f"(a non-numeric string).")
+                write(record)
+            # Contacts only Xero has: complete ones can be imported into Sequence, incomplete ones cannot.
+            variants = [("importable", None)] * (2 * self.scale)
+            for field in ("billing_email", "billing_address.country", "billing_address.postal_code"):
+                variants += [("not_importable", field)] * self.scale
+            for kind, field in variants:
+                cust = self._on_xrng(self._new_customer, "xero_only",
+                                     _REF_TS - x.randint(100 * _DAY, 900 * _DAY))
+                xc = self._x_contact(cust, cust.created_ts, linked=False)
+                del self.xc[cust.seq_id]  # not a Sequence customer
+                if field == "billing_email":
+                    xc.email = None
+                    why = "has no email address"
+                elif field == "billing_address.country":
+                    xc.pobox["Country"] = pycountry.countries.get(alpha_2=cust.country).name
+                    why = f"has country '{xc.pobox['Country']}', not an alpha-2 code"
+                elif field == "billing_address.postal_code":
+                    del xc.pobox["PostalCode"]
+                    why = "has no postal code"
+                else:
+                    why = "has an email address and a complete address (line 1, city, postal code, alpha-2 country)"
+                extra_contacts.append(xc)
+                self._xplant("customer", kind, field, None, xc.id,
+                             f"Xero contact '{xc.name}' is not in Sequence and {why}.")
+        self._x_emit_payments()
+        self._x_emit_contacts(list(self.xc.values()) + extra_contacts)
+        self._x_emit_reference_data()
+        for d in self.x_discrepancies:
+            d["id"] = f"{self.slug}-{len(self.discrepancies) + 1:04d}"
+            self.discrepancies.append(d)
+
+    def _x_only_lines(self, cust: _Customer) -> list[list]:
+        x = self.xrng
+        lines = []
+        for item in x.sample(self.x_mapped, x.choice((1, 2))):
+            prod = item[5]
+            tax = self._tax_for(cust, prod.category)
+            rate = (Decimal(x.randint(50, 900)) * self._price_factor(cust.currency)).quantize(_CENT)
+            lines.append([None, f"{item[2]} - ad hoc", Decimal(x.randint(1, 10)), rate, item,
+                          self.x_accounts[item[3]][1], self.x_tax_by_code[tax[0]], tax[1]])
+        return lines
+
+    def _x_emit_payments(self) -> None:
+        write = self._w("xero", "payments")
+        bank = self.x_accounts["bank"]
+        for payment_id, invoice_id, number, xc, currency, day, ts, amount, rate, reference in self.x_payments:
+            date_ms, _ = self._x_day(day)
+            updated_ms, updated_text = self._x_ts(ts)
+            write({"PaymentID": payment_id, "Date": date_ms, "BankAmount": float(_money(amount / rate)),
+                   "Amount": float(amount), "Reference": reference, "CurrencyRate": float(rate),
+                   "PaymentType": "ACCRECPAYMENT", "Status": "AUTHORISED", "UpdatedDateUTC": updated_ms,
+                   "UpdatedDateUTCString": updated_text, "HasAccount": True, "IsReconciled": self.xrng.random() < 0.7,
+                   "Account": {"AccountID": bank[0], "Code": bank[1]},
+                   "Invoice": {"Type": "ACCREC", "InvoiceID": invoice_id, "InvoiceNumber": number,
+                               "Contact": {"ContactID": xc.id, "Name": xc.name}, "CurrencyCode": currency,
+                               "Payments": [], "CreditNotes": [], "Prepayments": [], "Overpayments": [],
+                               "HasErrors": False, "IsDiscounted": False, "LineItems": []},
+                   "HasValidationErrors": False})
+
+    def _x_emit_contacts(self, contacts: list[_XContact]) -> None:
+        write = self._w("xero", "contacts")
+        fallback, exempt = self.x_tax[self.p.fallback_code], self.x_tax[self.p.exempt_code]
+        reverse = self.x_tax[self.p.reverse_charge_code]
+        for xc in sorted(contacts, key=lambda c: (c.created_ts, c.id)):
+            cust = xc.cust
+            updated_ms, _ = self._x_ts(xc.updated_ts)
+            record: dict[str, Any] = {"ContactID": xc.id}
+            if xc.linked:
+                record["ContactNumber"] = cust.seq_id  # Sequence's customer id, Xero's external key
+            record["ContactStatus"] = "ARCHIVED" if cust.archived_ts is not None else "ACTIVE"
+            record["Name"] = xc.name
+            if xc.email:
+                record["EmailAddress"] = xc.email
+            if cust.tax_id:
+                record["TaxNumber"] = cust.tax_id
+            record["AccountsReceivableTaxType"] = {"TAXED": fallback, "TAX_EXEMPT": exempt}.get(cust.tax_status,
+                                                                                                 reverse)
+            record["Addresses"] = [xc.pobox, xc.street]
+            record["Phones"] = []
+            record["ContactPersons"] = []
+            record["IsSupplier"] = False
+            record["IsCustomer"] = True
+            record["DefaultCurrency"] = cust.currency
+            record["Balances"] = {"AccountsReceivable": {"Outstanding": float(xc.outstanding),
+                                                         "Overdue": float(xc.overdue)},
+                                  "AccountsPayable": {"Outstanding": 0.0, "Overdue": 0.0}}
+            if cust.domain:
+                record["Website"] = f"https://{cust.domain}/"
+            record["UpdatedDateUTC"] = updated_ms
+            record["HasAttachments"] = False
+            write(record)
+
+    def _x_emit_reference_data(self) -> None:
+        p, x = self.p, self.xrng
+        write = self._w("xero", "items")
+        fallback = self.x_tax[p.fallback_code]
+        for item_id, code, name, account_key, created, prod in self.x_item_list:
+            tax = fallback
+            if prod is not None and prod.category is not None:
+                tax = self.x_tax_map[prod.category.id]
+            price = float(_money(prod.low * self._price_factor(self.home))) if prod is not None else 0.0
+            write({"ItemID": item_id, "Code": code, "Name": name, "Description": name, "IsSold": True,
+                   "IsPurchased": False, "SalesDetails": {"UnitPrice": price,
+                                                          "AccountCode": self.x_accounts[account_key][1],
+                                                          "TaxType": tax},
+                   "PurchaseDetails": {}, "IsTrackedAsInventory": False,
+                   "UpdatedDateUTC": self._x_ts(self._x_recent(created + 120))[0]})
+        write = self._w("xero", "accounts")
+        stamp = self._x_ts(self._x_recent(self.x_created_ts))[0]
+        for item_id, code, name, acc_type, acc_class, system in self.x_accounts.values():
+            record: dict[str, Any] = {"AccountID": item_id, "Code": code, "Name": name, "Status": "ACTIVE",
+                                      "Type": acc_type}
+            if acc_type == "BANK":
+                record["BankAccountNumber"] = f"{x.randint(10_000_000, 99_999_999)}"
+                record["BankAccountType"] = "BANK"
+                record["CurrencyCode"] = self.home
+            record["TaxType"] = fallback if acc_class == "REVENUE" else "NONE"
+            record["EnablePaymentsToAccount"] = acc_type == "BANK"
+            record["ShowInExpenseClaims"] = False
+            record["Class"] = acc_class
+            if system:
+                record["SystemAccount"] = system
+            record["ReportingCode"] = {"ASSET": "ASS", "LIABILITY": "LIA", "REVENUE": "REV"}[acc_class]
+            record["HasAttachments"] = False
+            record["UpdatedDateUTC"] = stamp
+            record["AddToWatchlist"] = False
+            write(record)
+        write = self._w("xero", "tax-rates")
+        for record in self.x_tax_records:
+            write(record)
+        write = self._w("xero", "currencies")
+        for code in [self.home] + [c for c, _ in p.fx_base]:
+            write({"Code": code, "Description": _XERO_CURRENCY_NAMES[code]})
+        version, timezone_name, _ = _XERO_ORG[p.country]
+        line1, city, postcode, _state = p.address
+        fiscal_start = list(_MONTHS).index(p.fiscal_month)
+        end_month = 12 if fiscal_start == 1 else fiscal_start - 1
+        self._w("xero", "organisation")({
+            "OrganisationID": self.x_org_id, "APIKey": "", "Name": p.company, "LegalName": p.legal_name,
+            "PaysTax": True, "Version": version, "OrganisationType": "COMPANY", "BaseCurrency": self.home,
+            "CountryCode": p.country, "IsDemoCompany": False, "OrganisationStatus": "ACTIVE",
+            "FinancialYearEndDay": calendar.monthrange(2025, end_month)[1], "FinancialYearEndMonth": end_month,
+            "SalesTaxBasis": "ACCRUALS", "SalesTaxPeriod": "QUARTERLY1", "DefaultSalesTax": "Tax Exclusive",
+            "DefaultPurchasesTax": "Tax Exclusive", "CreatedDateUTC": self._x_ts(self.x_created_ts)[0],
+            "Timezone": timezone_name, "OrganisationEntityType": "COMPANY",
+            "ShortCode": "!" + "".join(x.choice("ABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(5)),
+            "Class": "PREMIUM", "Edition": "BUSINESS", "LineOfBusiness": "Software Publishers",
+            "Addresses": [{"AddressType": "STREET", "AddressLine1": line1, "City": city, "PostalCode": postcode,
+                           "Country": p.country}],
+            "Phones": [], "ExternalLinks": [{"LinkType": "Website",
+                                             "Url": f"https://{p.merchant_email.split('@')[1]}/"}],
+            "PaymentTerms": {"Sales": {"Day": 30, "Type": "DAYSAFTERBILLDATE"}}})
+
+    def x_settings(self) -> dict:
+        """The Xero connection's own settings (over the tenant's): its tax types, items and default account."""
+        return {
+            "tax_codes": dict(self.x_tax_map),
+            "fallback_tax_code": self.x_tax[self.p.fallback_code],
+            "exempt_tax_code": self.x_tax[self.p.exempt_code],
+            "reverse_charge_tax_code": self.x_tax[self.p.reverse_charge_code],
+            "items": self.x_item_settings,
+            "default_account_code": self.x_default_account,
+        }
+
     # ---- settings ---------------------------------------------------------------------------------------
 
     def settings(self) -> dict:
@@ -2160,7 +2982,7 @@ class _Tenant:
             "items": self.item_settings,
             "home_currency": self.home,
             "multi_currency": self.p.multi_currency,
-        }
+        } | ({"apps": {"xero": self.x_settings()}} if self.xero_on else {})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -2171,22 +2993,25 @@ class _Tenant:
 _PARALLEL_FROM = 20_000  # below this many invoices, starting worker processes costs more than it saves
 
 
-def _generate_tenant(job: tuple[str, int, int, int, bool, str]) -> tuple[dict, list[Discrepancy], dict]:
+def _generate_tenant(job: tuple[str, int, int, int, bool, str, bool]) -> tuple[dict, list[Discrepancy], dict]:
     """One tenant's folder; a top-level function so worker processes can run it."""
-    slug, profile_index, share, seed, discrepancies, out_dir = job
-    tenant = _Tenant(slug, _PROFILES[profile_index], share, seed, discrepancies, Path(out_dir))
+    slug, profile_index, share, seed, discrepancies, out_dir, xero = job
+    tenant = _Tenant(slug, _PROFILES[profile_index], share, seed, discrepancies, Path(out_dir), xero)
     tenant.run()
     return tenant.counts, tenant.discrepancies, tenant.settings()
 
 
 def generate(out_dir: Path, *, invoices: int = 300, seed: int = 7, tenants: int = 3,
-             discrepancies: bool = True, workers: int | None = None) -> Manifest:
+             discrepancies: bool = True, workers: int | None = None, xero: bool = True) -> Manifest:
     """Write a sandbox fixture set to `out_dir` and return its manifest (also written as manifest.json).
 
     `invoices` is the total number of Sequence invoices across all tenants. Same arguments, same bytes.
     With `discrepancies=False` both apps agree everywhere and the manifest lists nothing.
     `workers`: processes generating tenants side by side (default: one per CPU for large runs, else 1);
     it never changes the output, since every tenant has its own random stream and folder.
+    `xero`: the UK and DE tenants also connect Xero (<tenant>/xero/, Xero links on their Sequence records,
+    settings under "apps"."xero", Xero plants with app "xero"). Xero has its own random stream, so QuickBooks
+    output is byte-identical either way, and Sequence output differs only by the appended Xero link entries.
     """
     if invoices < 0 or tenants < 1:
         raise ValueError("invoices must be >= 0 and tenants >= 1")
@@ -2197,7 +3022,8 @@ def generate(out_dir: Path, *, invoices: int = 300, seed: int = 7, tenants: int 
     manifest: Manifest = {"seed": seed, "invoices": invoices, "reference_date": REFERENCE_TIME.isoformat(),
                           "tenants": slugs, "counts": {}, "discrepancies": []}
     jobs = [(slug, index % 3, invoices // tenants + (1 if index < invoices % tenants else 0), seed, discrepancies,
-             str(out_dir)) for index, slug in enumerate(slugs)]
+             str(out_dir), xero and _PROFILES[index % 3].country in XERO_TENANT_COUNTRIES)
+            for index, slug in enumerate(slugs)]
     if workers is None:
         workers = min(len(jobs), os.cpu_count() or 1) if invoices >= _PARALLEL_FROM else 1
     if workers > 1:
@@ -2240,10 +3066,11 @@ def main(argv: Seq[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--tenants", type=int, default=3)
     parser.add_argument("--clean", action="store_true", help="plant no discrepancies (both apps agree)")
+    parser.add_argument("--no-xero", action="store_true", help="QuickBooks only (no Xero for the UK/DE tenants)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     manifest = generate(args.out, invoices=args.invoices, seed=args.seed, tenants=args.tenants,
-                        discrepancies=not args.clean)
+                        discrepancies=not args.clean, xero=not args.no_xero)
     elapsed = time.perf_counter() - started
     print(f"wrote {len(manifest['tenants'])} tenants ({', '.join(manifest['tenants'])}) to {args.out}: "
           f"{args.invoices} Sequence invoices, {len(manifest['discrepancies'])} planted discrepancies "

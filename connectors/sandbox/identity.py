@@ -40,3 +40,23 @@ def xero_tenant_id(tenant: str) -> str:
 def xero_initial_refresh_token(tenant: str) -> str:
     """The refresh token a freshly started Xero emulator accepts for a tenant (as if just authorised)."""
     return f"sandbox-xero-refresh-{tenant}-0"
+
+
+def hubspot_access_token(tenant: str) -> str:
+    """A stable private-app style bearer token per tenant (`pat-<region>-<uuid>`, as HubSpot issues them)."""
+    digest = hashlib.sha256(f"hubspot:{tenant}".encode()).hexdigest()
+    return f"pat-na1-{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def attio_access_token(tenant: str) -> str:
+    """A tenant's Attio bearer token (a workspace API key: no refresh and no expiry)."""
+    return f"sandbox-attio-{hashlib.sha256(f'attio:{tenant}'.encode()).hexdigest()[:32]}"
+
+
+SALESFORCE_CLIENT_ID = "ledgerlink-sandbox-salesforce-consumer-key"
+SALESFORCE_CLIENT_SECRET = "ledgerlink-sandbox-salesforce-consumer-secret"
+
+
+def salesforce_initial_refresh_token(tenant: str) -> str:
+    """The refresh token a freshly started Salesforce emulator accepts for a tenant (non-rotating by default)."""
+    return f"sandbox-sf-refresh-{tenant}-0"

@@ -21,8 +21,12 @@ from connectors.sandbox.fixtures import fixtures_for_app, load_fixtures
 EMULATORS = {
     "sequence": "connectors.sandbox.sequence:SequenceEmulator",
     "quickbooks": "connectors.sandbox.quickbooks:QuickBooksEmulator",
+    "hubspot": "connectors.sandbox.hubspot:HubSpotEmulator",
+    "salesforce": "connectors.sandbox.salesforce:SalesforceEmulator",
+    "attio": "connectors.sandbox.attio:AttioEmulator",
+    "xero": "connectors.sandbox.xero:XeroEmulator",
 }
-DEFAULT_PORTS = {"sequence": 8711, "quickbooks": 8712}
+DEFAULT_PORTS = {"sequence": 8711, "quickbooks": 8712, "hubspot": 8714, "attio": 8716, "salesforce": 8715, "xero": 8713}
 
 
 def emulator_class(app: str) -> type[Emulator]:

@@ -218,37 +218,35 @@ def ledgerlink_specs() -> list:
 
 def run_ledgerlink(sequence_path: Path, quickbooks_path: Path) -> pl.DataFrame:
     """As the reconcile step runs it (assets/reconcile/mismatches.py, assets.py): both sides read into memory and
-    settled, the pairs of reconcile.links settled, `field_mismatches` over them, anti joins for the records on
-    one side only, every column of reconcile.mismatches built (reasons included), one collect with the default
-    engine."""
-    from assets.reconcile.mismatches import field_mismatches, settle
+    settled, the pairs of reconcile.links found once (`linked_rows`: row numbers into both sides), `field_mismatches`
+    over them, the records in no pair as the rows those numbers leave out (where the first version ran a semi join
+    and two anti joins on string keys), every column of reconcile.mismatches built (reasons included)."""
+    from assets.reconcile.mismatches import field_mismatches, linked_rows, unpaired
     from assets.reconcile.rules import clean_text
 
     subject = pl.concat_str([pl.lit("Invoice "), pl.coalesce(clean_text(pl.col("number")), pl.col("id"))])
-    sequence = settle(pl.read_parquet(sequence_path).lazy().with_columns(_subject=subject))
-    app = pl.read_parquet(quickbooks_path).lazy()
-    # reconcile.links for these invoices (what Sequence stores: its linkedServices), paired where the twin exists
-    links = sequence.filter(pl.col("app_id").is_not_null()).select(
+    sequence = pl.read_parquet(sequence_path).with_columns(_subject=subject)
+    app = pl.read_parquet(quickbooks_path)
+    # reconcile.links for these invoices (what Sequence stores: its linkedServices); a link pairs where the twin exists
+    links = sequence.lazy().filter(pl.col("app_id").is_not_null()).select(
         "tenant", pl.lit(APP).alias("app"), pl.col("id").alias("sequence_id"), "app_id")
-    pairs = settle(links.join(app.select("tenant", "app", pl.col("id").alias("app_id")),
-                              on=["tenant", "app", "app_id"], how="semi"))
-    fields = field_mismatches(sequence, app, pairs, ledgerlink_specs(), entity="invoice", subject=pl.col("_subject"))
+    rows = linked_rows(links, sequence, app)
+    fields = field_mismatches(sequence.lazy(), app.lazy(), links, ledgerlink_specs(), entity="invoice",
+                              subject=pl.col("_subject"), rows=rows)
 
-    def one_side(frame: pl.LazyFrame, kind: str, sequence_id: pl.Expr, app_id: pl.Expr, reason: pl.Expr):
+    def one_side(frame: pl.DataFrame, kind: str, sequence_id: pl.Expr, app_id: pl.Expr, reason: pl.Expr):
         none = pl.lit(None, pl.String)
-        return frame.select(
+        return frame.lazy().select(
             "tenant", pl.lit(APP).alias("app"), pl.lit("invoice").alias("entity"), sequence_id.alias("sequence_id"),
             app_id.alias("app_id"), pl.lit(kind).alias("kind"), none.alias("field"), none.alias("sequence_value"),
             none.alias("app_value"), pl.lit("review").alias("proposed_action"), reason.alias("reason"))
 
-    only_sequence = sequence.join(pairs, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"], how="anti")
-    only_app = app.join(pairs, left_on=["tenant", "app", "id"], right_on=["tenant", "app", "app_id"], how="anti")
     return pl.concat([
         fields,
-        one_side(only_sequence, "missing_in_app", pl.col("id"), pl.lit(None, pl.String),
-                 pl.concat_str([pl.col("_subject"), pl.lit(" is not in QuickBooks.")])),
-        one_side(only_app, "missing_in_sequence", pl.lit(None, pl.String), pl.col("id"),
-                 pl.concat_str([pl.lit("QuickBooks invoice "), pl.col("id"), pl.lit(" is not in Sequence.")])),
+        one_side(unpaired(sequence.select("tenant", "id", "_subject"), rows[0]), "missing_in_app", pl.col("id"),
+                 pl.lit(None, pl.String), pl.concat_str([pl.col("_subject"), pl.lit(" is not in QuickBooks.")])),
+        one_side(unpaired(app.select("tenant", "id"), rows[1]), "missing_in_sequence", pl.lit(None, pl.String),
+                 pl.col("id"), pl.concat_str([pl.lit("QuickBooks invoice "), pl.col("id"), pl.lit(" is not in Sequence.")])),
     ], how="vertical").collect()
 
 

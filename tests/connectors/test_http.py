@@ -318,3 +318,58 @@ def test_client_releases_the_limiter_slot_on_failure():
     with pytest.raises(TransportFailure):
         client.get_json("/x")
     assert limiter.in_flight == 0
+
+
+# ----- throttles without Retry-After, requests that count as several ----------------------------------------------
+
+
+def test_throttle_without_retry_after_waits_the_throttle_delay_with_jitter():
+    policy = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=66.0, throttle_delay=60.0)
+    script = Script(httpx.Response(429), httpx.Response(429), 200)
+    client, slept = client_for(script, retry=policy)
+    assert client.get_json("/things") == {"ok": True}
+    assert len(slept) == 2 and all(60.0 <= s <= 66.0 for s in slept)
+    # a 5xx still backs off exponentially; a Retry-After still wins; the wait never exceeds max_delay
+    assert policy.wait_for(1, ServerError("x", "down", status=503)) <= 0.01
+    assert policy.wait_for(1, RateLimited("x", "slow", status=429, retry_after=2.0)) <= 3.0
+    capped = RetryPolicy(max_delay=1.0, throttle_delay=60.0)
+    assert capped.wait_for(1, RateLimited("x", "slow", status=429)) == 1.0
+
+
+def test_throttled_write_without_idempotency_is_not_resent_when_the_app_may_have_acted():
+    class Cautious(AppClient):
+        throttled_writes_not_applied = False
+
+    for idempotent, sent in ((None, 1), (True, 2)):
+        script = Script(httpx.Response(429), 201)
+        client = Cautious("https://app.test", transport=httpx.MockTransport(script), retry=FAST,
+                          sleep=lambda s: None)
+        if sent == 1:
+            with pytest.raises(RateLimited):
+                client.request("POST", "/things", json={"a": 1}, idempotent=idempotent)
+        else:
+            assert client.request("POST", "/things", json={"a": 1}, idempotent=idempotent).status_code == 201
+        assert len(script.requests) == sent
+
+
+def test_rate_limiter_charges_a_cost_per_attempt_and_waits_for_enough_slots():
+    clock = FakeClock()
+    limiter = RateLimiter(per_minute=5, clock=clock, sleep=clock.sleep)
+    limiter.acquire(cost=3)
+    limiter.release()
+    clock.now += 10
+    limiter.acquire(cost=2)  # 5 of 5: fits
+    limiter.release()
+    assert clock.slept == []
+    limiter.acquire(cost=3)  # needs the first three (t=100) gone: t=160
+    limiter.release()
+    assert clock.now == pytest.approx(160.0)
+    with pytest.raises(ValueError):
+        limiter.acquire(cost=6)
+    assert limiter.in_flight == 0
+
+    script = Script(httpx.Response(429), 200)
+    paced = RateLimiter(per_minute=100)
+    client, _ = client_for(script, limiter=paced)
+    client.send_parsed("POST", "/batch", lambda r: r, json={}, idempotent=True, cost=7)
+    assert len(paced._starts) == 14  # both attempts paid the whole cost

@@ -485,3 +485,40 @@ def test_cdc_cap_raises_so_the_caller_narrows_the_window():
     client = mock_client(lambda request: httpx.Response(200, json=body))
     with pytest.raises(CdcLimitExceeded, match="shorter window"):
         client.cdc(["Invoice", "Customer"], datetime(2025, 3, 1, tzinfo=UTC))
+
+
+# ----- throttling: QuickBooks answers 429 without Retry-After ------------------------------------------------------
+
+
+def test_throttled_write_waits_a_minute_and_is_resent_only_with_its_requestid():
+    slept: list[float] = []
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) % 2:
+            return httpx.Response(429, content=XML_THROTTLE)
+        return httpx.Response(200, json={"Invoice": {"Id": "9"}, "time": "t"})
+
+    client = QuickBooksClient("https://qbo.test", REALM, auth=None,  # type: ignore[arg-type]
+                              transport=httpx.MockTransport(handler), sleep=slept.append)
+    assert client.retry.throttle_delay == 60.0  # the default policy: wait out Intuit's minute
+    assert client.create("Invoice", {"CustomerRef": {"value": "1"}}, request_id="k1") == {"Id": "9"}
+    assert [r.url.params["requestid"] for r in seen] == ["k1", "k1"] and 60.0 <= slept[0] <= 66.0
+
+    seen.clear()
+    with pytest.raises(RateLimited):  # a POST without requestid: QuickBooks may have acted, not re-sent
+        client.request("POST", "invoice", json={"CustomerRef": {"value": "1"}})
+    assert len(seen) == 1
+
+
+def test_batch_charges_every_item_against_the_per_minute_limit_on_every_attempt():
+    answers = [httpx.Response(429, content=XML_THROTTLE),
+               httpx.Response(200, json={"BatchItemResponse": [{"bId": f"b{i}"} for i in range(30)]})]
+    limiter = RateLimiter(per_minute=500)
+    client = QuickBooksClient("https://qbo.test", REALM, auth=None,  # type: ignore[arg-type]
+                              transport=httpx.MockTransport(lambda r: answers.pop(0)), retry=NO_WAIT,
+                              limiter=limiter, sleep=lambda s: None)
+    items = [{"bId": f"b{i}", "operation": "create", "Item": {"Name": f"n{i}"}} for i in range(30)]
+    assert len(client.batch(items, request_id="lb1")) == 30
+    assert len(limiter._starts) == 60 and len(client.batch_limiter._starts) == 2

@@ -110,6 +110,70 @@ def test_only_linked_pairs_are_compared():
     assert found.select("tenant", "sequence_id").rows() == [("t1", "s0")]  # a tenant's link never reaches another
 
 
+
+# --- Pairing on hashed keys, one-sided records, the fast whitespace rule --------------------------------------------
+
+
+def _sides():
+    seq = pl.DataFrame({"tenant": ["t1", "t1", "t2", "t1"], "app": SEQ, "id": ["s0", "s1", "s0", None],
+                        "memo": ["a", "b", "c", "d"]})
+    app = pl.DataFrame({"tenant": ["t1", "t1", "t2", "t1"], "app": QBO, "id": ["a0", "a1", "a0", None],
+                        "memo": ["a", "x", "y", "z"]})
+    links = pl.DataFrame({"tenant": ["t1", "t1", "t2", "t1", "t1"], "app": QBO,
+                          "sequence_id": ["s0", "s1", "s0", "s9", None], "app_id": ["a0", "a1", "a0", "a1", None]})
+    return seq, app, links
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_pairs_found_on_hashed_keys_are_checked_on_the_real_keys(monkeypatch, collide):
+    import assets.reconcile.mismatches as mismatches
+
+    if collide:  # every key hashes alike: the m:1 check fails on the hashes and the exact joins decide
+        monkeypatch.setattr(mismatches, "_key_hash", lambda columns: pl.col(columns[0]).hash() & 0)
+    seq, app, links = _sides()
+    rows = mismatches.linked_rows(links.lazy(), seq, app)
+    assert list(zip(rows[0].to_list(), rows[1].to_list())) == [(0, 0), (1, 1), (2, 2)]  # no null key pairs
+    assert mismatches.unpaired(seq, rows[0])["memo"].to_list() == ["d"]
+    assert mismatches.unpaired(app, rows[1])["memo"].to_list() == ["z"]
+    spec = [FieldSpec("memo", "memo", "memo", "memo")]
+    found = field_mismatches(seq.lazy(), app.lazy(), links.lazy(), spec, entity="invoice").collect()
+    assert found.select("tenant", "sequence_id", "app_value").sort("tenant").rows() == [("t1", "s1", "x"),
+                                                                                         ("t2", "s0", "y")]
+    given = field_mismatches(seq.lazy(), app.lazy(), links.lazy(), spec, entity="invoice", rows=rows).collect()
+    assert given.sort("tenant").equals(found.sort("tenant"))
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_without_validation_hash_collisions_pair_nothing_extra(monkeypatch, collide):
+    import assets.reconcile.mismatches as mismatches
+
+    if collide:  # a join on the hashes pairs every link with every record; only the real keys' pairs remain
+        monkeypatch.setattr(mismatches, "_key_hash", lambda columns: pl.col(columns[0]).hash() & 0)
+    seq, app, links = _sides()
+    rows = mismatches.linked_rows(links.lazy(), seq, app, validate=False)
+    assert sorted(zip(rows[0].to_list(), rows[1].to_list())) == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_a_key_naming_two_records_is_refused():
+    import assets.reconcile.mismatches as mismatches
+
+    seq, app, links = _sides()
+    twice = pl.concat([app, app.head(1)])
+    with pytest.raises(pl.exceptions.ComputeError, match="m:1"):
+        mismatches.linked_rows(links.lazy(), seq, twice)
+
+
+def test_the_fast_whitespace_rule_is_clean_text():
+    from assets.reconcile.mismatches import _clean_text
+    from assets.reconcile.rules import clean_text
+
+    texts = ["a b", "a  b", " a\tb ", "a\u00a0b", "a \u2003 b", "\n", "", "   ", None, "a\r\nb", "\tx", "x\u3000",
+             "a b c  d\te", "no-space", "\u00a0 \u00a0"]
+    frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
+    ours, theirs = frame.select(_clean_text(pl.col("t")).alias("t")), frame.select(clean_text(pl.col("t")).alias("t"))
+    assert ours.equals(theirs)
+    assert ours["t"].to_list()[:5] == ["a b", "a b", "a b", "a b", "a b"]
+
 # --- Lines: paired by the link Sequence stores, else by position ----------------------------------------------------
 
 

@@ -113,7 +113,7 @@ def test_documents_and_lines_follow_the_seed_rules(unified_run):
             pl.col("links").struct.field("app_id").alias("key"), "description")
         pairs = seq.join(qbo, on="key", how="inner", validate="1:1")
         differs = pairs.filter(pl.col("description") != pl.col("qbo")).height
-        assert pairs.height > 0 and differs == len(planted(ext, tenant, field="line.description"))
+        assert pairs.height > 0 and differs == len(planted(ext, tenant, app="quickbooks", field="line.description"))
         # voided in QuickBooks -> VOID; Sequence statuses in the model's words
         voided = {r["Id"] for r in ext.fixture_records(tenant, "quickbooks", "invoice")
                   if r.get("PrivateNote") == "Voided" and r.get("Id")}
@@ -130,7 +130,7 @@ def test_a_quickbooks_country_name_is_normalised_and_its_text_kept_for_the_impor
     ext, _ = unified_run
     customers = read(ext, "customers")
     for tenant in ext.registry.tenants:
-        (plant,) = planted(ext, tenant, kind="not_importable", field="billing_address.country")
+        (plant,) = planted(ext, tenant, app="quickbooks", kind="not_importable", field="billing_address.country")
         row = of(customers, tenant, "quickbooks").filter(pl.col("id") == plant["app_id"]).to_dicts()[0]
         assert len(row["country"]) == 2 and row["country_as_sent"] and row["country_as_sent"] in plant["detail"]
 

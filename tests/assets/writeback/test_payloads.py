@@ -46,6 +46,14 @@ def test_quickbooks_invoice_contract(change, field, reason):
     assert any(k == "k0" and f == field and reason in r for k, f, r in found), found
 
 
+def test_a_sparse_update_may_leave_the_lines_out_but_never_send_them_empty():
+    update = {"Id": "109", "SyncToken": "3", "sparse": True, "CustomerRef": {"value": "1"}, "TxnDate": "2025-06-02"}
+    found = problems(plan_of(("quickbooks", "invoice", "update", update),
+                             ("quickbooks", "invoice", "update", {**update, "Line": []})))
+    assert not any(k == "k0" for k, _, _ in found), found  # absent: QuickBooks keeps the lines as they are
+    assert ("k1", "Line", "has no line (a document needs at least one)") in found  # empty would delete them
+
+
 def test_line_problems_name_the_line():
     bad_line = {**INVOICE["Line"][0], "Amount": 40.0,
                 "SalesItemLineDetail": {**INVOICE["Line"][0]["SalesItemLineDetail"], "ItemRef": None}}

@@ -6,7 +6,7 @@ from datetime import date
 import polars as pl
 
 from assets.writeback.plan import REF, idempotency_key
-from tests.assets.writeback.conftest import MERCHANT, QBO, SEQ, T, Books, write
+from tests.assets.writeback.conftest import MERCHANT, QBO, SEQ, T, Books, _line, write
 
 
 def line(payload: dict, index: int = 0) -> dict:
@@ -103,9 +103,15 @@ def test_a_changed_invoice_is_updated_sparsely_with_its_current_sync_token(books
     p = updated["payload"]
     assert updated["app_id"] == "109" and p["Id"] == "109" and p["SyncToken"] == "3" and p["sparse"] is True
     assert p["DueDate"] == "2025-07-31"
-    assert line(p)["Id"] == "1"  # the twin line keeps its id (Sequence's line link stays valid)
+    # the lines agree: not sent (QuickBooks would recompute their tax, and a paid invoice can land a cent below
+    # what is applied to it, which it refuses)
+    assert "Line" not in p
     assert "CurrencyRef" not in p  # an update never touches the currency
     assert "due date is 2025-07-31 in Sequence but 2025-07-02 in QuickBooks" in updated["reason"]
+    # a line that differs: the lines are sent, the twin line keeping its id (Sequence's line link stays valid)
+    books.record("invoice_lines", SEQ, "inv-due-l1")["rate"] = "1100"
+    p = write(books.plan(), "update", sequence_id="inv-due")["payload"]
+    assert line(p)["Id"] == "1" and detail(p)["UnitPrice"] == 1100.0
 
 
 def test_voided_in_sequence_is_voided_in_quickbooks(books: Books):
@@ -214,6 +220,54 @@ def test_an_item_booking_to_another_account_is_updated(books: Books):
     books.record("products", QBO, "6")["income_account_id"] = "41"
     item = write(books.plan(), "update_item", sequence_id="p-seats")
     assert item["payload"] == {"Id": "6", "SyncToken": "0", "sparse": True, "IncomeAccountRef": {"value": "40"}}
+
+
+def test_an_item_mapping_applies_to_documents_synced_after_it_not_to_synced_ones(books: Books):
+    """Seed: documents sync when finalised or sent, with the mapping of that moment; a product mapped later (its
+    item created by write-back) does not re-book invoices already in QuickBooks."""
+    from datetime import UTC, datetime
+
+    from assets.writeback.outbox import _schema
+
+    # inv-ok is synced (QuickBooks 100, created in June) with a line of the unmapped product on the default item
+    books.rows["invoice_lines"] += [
+        _line(SEQ, "inv-ok", "inv-ok-l2", 2, group_title="Usage", title="Printed manuals", product_id="p-manuals",
+              quantity="1", rate="10", tax_category_id=None),
+        _line(QBO, "100", "2", 2, description="Usage: Printed manuals", product_id="1", rate="10", tax_code="4")]
+    books.record("invoices", QBO, "100")["created_at"] = datetime(2025, 6, 2, 9, tzinfo=UTC)
+    first = books.plan()
+    item = write(first, "create_item", sequence_id="p-manuals")
+    # the new item is for documents synced from now on: the unsynced invoice waits for it, inv-ok is not rewritten
+    assert item["idempotency_key"] in write(first, "create", sequence_id="inv-sent")["depends_on"]
+    assert first.filter(pl.col("sequence_id") == "inv-ok").height == 0
+
+    # apply created item 31 (July) and recorded the mapping; reconciliation now expects inv-ok's line on it
+    confirmed = first.filter(pl.col("idempotency_key") == item["idempotency_key"]).with_columns(
+        state=pl.lit("confirmed"), app_id=pl.lit("31"), attempts=pl.lit(1, pl.Int32), request_id=pl.lit(None),
+        batch_item=pl.lit(None), app_answer=pl.lit(None), retriable=pl.lit(None, pl.Boolean),
+        planned_at=pl.lit(datetime(2025, 7, 1, tzinfo=UTC)), sent_at=pl.lit(datetime(2025, 7, 1, tzinfo=UTC)),
+        confirmed_at=pl.lit(datetime(2025, 7, 1, 0, 1, tzinfo=UTC)))
+    books.outbox = confirmed.select(list(_schema())).cast(_schema())
+    books.settings["items"]["p-manuals"] = {"item_id": "31", "account_code": "4090"}
+    books.rows["products"].append({"tenant": T, "app": QBO, "id": "31", "name": "Printed manuals",
+                                   "income_account_id": "90"})
+    mismatches = books.reconcile()[1]
+    assert mismatches.filter((pl.col("sequence_id") == "inv-ok") & (pl.col("field") == "line.item")).height == 1
+    kept = write(books.plan(), "update", sequence_id="inv-ok")
+    assert kept["state"] == "skipped" and kept["payload"] == {"Id": "100"}
+    assert kept["error"].startswith("Line.ItemRef: invoice inv-ok was synced before item 'Printed manuals' was "
+                                    "created for its product; a mapping applies to documents synced after it")
+
+    # the rule is about time: a QuickBooks document created after the item does get the product's item
+    books.record("invoices", QBO, "100")["created_at"] = datetime(2025, 7, 2, tzinfo=UTC)
+    moved = write(books.plan(), "update", sequence_id="inv-ok")
+    new_item = {"value": f"{REF}{item['idempotency_key']}"}  # apply fills in 31, the id of that confirmed write
+    assert moved["state"] == "planned" and detail(moved["payload"], 1)["ItemRef"] == new_item
+    # and a synced document updated for another difference is synced again, with the current mapping
+    books.record("invoices", QBO, "100")["created_at"] = datetime(2025, 6, 2, 9, tzinfo=UTC)
+    books.record("invoices", SEQ, "inv-ok")["memo"] = "New memo"
+    resynced = write(books.plan(), "update", sequence_id="inv-ok")
+    assert resynced["state"] == "planned" and detail(resynced["payload"], 1)["ItemRef"] == new_item
 
 
 # ----- Sequence: payment status -------------------------------------------------------------------------------------
