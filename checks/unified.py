@@ -179,6 +179,49 @@ CUSTOM_FIELDS = _schema("custom_fields", {
     "value": pa.Column(pl.String, nullable=True),
 }, unique=["tenant", "app", "entity", "id", "field"])
 
+# CRMs (HubSpot, Salesforce, Attio): what revops needs to match CRM companies with billing customers and to list
+# deals across CRMs. Companies keep the customers' address parts; `domain` is the bare host (lower-case, no
+# scheme or "www."), the usual key between a CRM company and a customer's email domain.
+COMPANIES = _schema("companies", {
+    **_key(),
+    "name": pa.Column(pl.String, nullable=True),
+    "domain": pa.Column(pl.String, nullable=True),
+    **_address(),
+    "currency": pa.Column(pl.String, nullable=True, checks=pa.Check.isin(CURRENCIES)),
+    "owner": pa.Column(pl.String, nullable=True),  # the app's owner/user id
+    "links": pa.Column(LINKS, nullable=True),  # twins named in the CRM's own fields (settings link_fields)
+    "updated_at": pa.Column(INSTANT, nullable=True),
+})
+CONTACTS = _schema("contacts", {
+    **_key(),
+    "company_id": pa.Column(pl.String, nullable=True),
+    "name": pa.Column(pl.String, nullable=True),
+    "email": pa.Column(pl.String, nullable=True, checks=pa.Check.str_matches(EMAIL)),  # the primary one
+    "phone": pa.Column(pl.String, nullable=True),
+    "job_title": pa.Column(pl.String, nullable=True),
+    "updated_at": pa.Column(INSTANT, nullable=True),
+})
+DEALS = _schema("deals", {
+    **_key(),
+    "name": pa.Column(pl.String, nullable=True),
+    "stage": pa.Column(pl.String, nullable=True),  # the app's own word (HubSpot stage id, Salesforce StageName)
+    # null when the stage is not one the model knows and the tenant's settings (deal_stages) do not say
+    "is_closed": pa.Column(pl.Boolean, nullable=True),
+    "is_won": pa.Column(pl.Boolean, nullable=True),
+    "amount": pa.Column(MONEY, nullable=True),
+    "currency": pa.Column(pl.String, nullable=True, checks=pa.Check.isin(CURRENCIES)),
+    "close_date": pa.Column(pl.Date, nullable=True),
+    "company_id": pa.Column(pl.String, nullable=True),  # the primary company (all of them: deal_companies)
+    "updated_at": pa.Column(INSTANT, nullable=True),
+})
+DEAL_COMPANIES = _schema("deal_companies", {
+    "tenant": pa.Column(pl.String),
+    "app": pa.Column(pl.String, checks=pa.Check.isin(APPS)),
+    "deal_id": pa.Column(pl.String),
+    "company_id": pa.Column(pl.String),
+    "is_primary": pa.Column(pl.Boolean),
+}, unique=["tenant", "app", "deal_id", "company_id"])
+
 # table name in the `unified` schema -> contract
 MODEL: dict[str, pa.DataFrameSchema] = {
     "customers": CUSTOMERS,
@@ -191,6 +234,10 @@ MODEL: dict[str, pa.DataFrameSchema] = {
     "products": PRODUCTS,
     "accounts": ACCOUNTS,
     "tax_codes": TAX_CODES,
+    "companies": COMPANIES,
+    "contacts": CONTACTS,
+    "deals": DEALS,
+    "deal_companies": DEAL_COMPANIES,
     "custom_fields": CUSTOM_FIELDS,
 }
 

@@ -264,6 +264,25 @@ class HubSpotClient(AppClient):
                     return
                 at_lower, lower = last_ids, last
 
+    def changed_since(self, instant: datetime) -> datetime | None:
+        """The cheap change signal the near-real-time sensor polls (pipelines/sensors.py): per object type, one
+        search on the modification date after `instant`, newest first, limit 1. The newest modification later than
+        `instant`, or None. Archivals are not searchable: they wait for the schedule (as does a change still
+        inside search's indexing delay when its stamp is older than the previous signal)."""
+        newest: datetime | None = None
+        for object_type in OBJECT_TYPES:
+            modified = MODIFIED_PROPERTY[object_type]
+            answer = self.search(object_type, {
+                "filterGroups": [{"filters": [{"propertyName": modified, "operator": "GT",
+                                               "value": str(epoch_ms(instant))}]}],
+                "sorts": [{"propertyName": modified, "direction": "DESCENDING"}],
+                "properties": [modified], "limit": 1})
+            for record in answer.get("results") or []:
+                stamp = parse_timestamp((record.get("properties") or {}).get(modified))
+                if stamp is not None and stamp > instant and (newest is None or stamp > newest):
+                    newest = stamp
+        return newest
+
     def _listing_modified_since(self, object_type: str, names: list[str], modified: str, lower: int,
                                 upper: int | None) -> Iterator[list[dict]]:
         for page in self.iter_pages(object_type, properties=names):

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
@@ -41,6 +41,8 @@ INTUIT_TOKEN_URL = "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
 MAX_PAGE_SIZE = 1000
 MAX_BATCH_ITEMS = 30
 CDC_OBJECT_CAP = 1000
+# what the change probe asks CDC about: the entities extraction reads by CDC (assets/extract/quickbooks.py)
+CHANGE_SIGNAL_ENTITIES = ("Customer", "Invoice", "CreditMemo", "Payment", "Item", "Account")
 MAX_REQUEST_ID = 50
 MAX_BATCH_REQUEST_ID = 36
 MAX_BATCH_ITEM_ID = 10
@@ -53,6 +55,9 @@ BATCH_CALLS_PER_MINUTE = 40
 # once it has read the body) a few ms to a second after we counted it, so a window exactly as long as the
 # server's lets the next burst arrive just before the server forgets the last one (a 429).
 WINDOW_SECONDS = 61.0
+# Requests QuickBooks counts that our limiter does not see (the OAuth refresh goes through the auth flow, not the
+# limiter): without room for them a full window gets a 429. 490 still fits 16 full batches (480 items) a minute.
+HEADROOM = 10
 # A 429 (Fault 3001) comes without Retry-After: wait out the minute, with jitter, as Intuit advises. Six
 # attempts give a throttled request about five minutes before it is reported.
 RETRY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=66.0, throttle_delay=60.0)
@@ -120,7 +125,7 @@ class QuickBooksClient(AppClient):
     ):
         if not str(realm_id).isdigit():
             raise ValueError("realm_id must be the company's digit-string id")
-        kw.setdefault("limiter", RateLimiter(per_minute=REQUESTS_PER_MINUTE, max_concurrent=MAX_CONCURRENT,
+        kw.setdefault("limiter", RateLimiter(per_minute=REQUESTS_PER_MINUTE - HEADROOM, max_concurrent=MAX_CONCURRENT,
                                              period=WINDOW_SECONDS))
         kw.setdefault("retry", RETRY)
         # A limit of its own for the batch endpoint (40 calls/min), on top of the per-item count.
@@ -274,6 +279,22 @@ class QuickBooksClient(AppClient):
                 status=response.status_code, method="GET", url=response.request.url,
             )
         return CdcResult(records=records, time=server_time)
+
+    def changed_since(self, instant: datetime) -> datetime | None:
+        """The cheap change signal the near-real-time sensor polls (pipelines/sensors.py): one CDC call over the
+        entities extraction reads by CDC (deletes included: their stubs carry a LastUpdatedTime). QuickBooks stamps
+        whole seconds, so the answer is the start of the second AFTER the newest change at or after `instant`'s
+        second, or None: asked again from it, that change is not news. (A change made later within that same
+        second is not seen here: it waits for the schedule. One made earlier in `instant`'s own second counts as
+        news: a spare run, never a lost change.)"""
+        second = instant.replace(microsecond=0)
+        try:
+            result = self.cdc(CHANGE_SIGNAL_ENTITIES, second)
+        except CdcLimitExceeded:
+            return datetime.now(instant.tzinfo).replace(microsecond=0)  # over a thousand changes: certainly changed
+        stamps = [_meta_instant(r) for rows in result.records.values() for r in rows]
+        newest = max((s for s in stamps if s is not None), default=None)
+        return newest + timedelta(seconds=1) if newest is not None and newest >= second else None
 
     # ----- single reads ---------------------------------------------------------------------------------------------
 
@@ -462,6 +483,14 @@ def _statement(
     if start is not None:
         parts.append(f"STARTPOSITION {start} MAXRESULTS {size}")
     return " ".join(parts)
+
+
+def _meta_instant(record: Mapping[str, Any]) -> datetime | None:
+    stamp = (record.get("MetaData") or {}).get("LastUpdatedTime")
+    try:
+        return datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        return None
 
 
 def _entity(name: str) -> str:

@@ -45,6 +45,7 @@ LOGIN_URL = "https://login.salesforce.com"
 TEST_LOGIN_URL = "https://test.salesforce.com"
 API_VERSION = "v62.0"
 COLLECTION_MAX = 200
+CHANGE_SIGNAL_OBJECTS = ("Account", "Contact", "Opportunity")  # what extraction reads
 DEFAULT_BATCH_SIZE = 2000
 CONCURRENCY_RETRY_AFTER = 5.0  # seconds; Salesforce gives no hint, concurrency frees up quickly
 
@@ -280,6 +281,20 @@ class SalesforceClient(AppClient):
     def count(self, sobject: str, where: str | None = None) -> int:
         soql = f"SELECT COUNT() FROM {_ident(sobject)}" + (f" WHERE {where}" if where else "")
         return next(self.query_pages(soql)).total_size
+
+    def changed_since(self, instant: datetime) -> datetime | None:
+        """The cheap change signal the near-real-time sensor polls (pipelines/sensors.py): per object extraction
+        reads, `queryAll SELECT SystemModstamp … WHERE SystemModstamp > instant ORDER BY SystemModstamp DESC
+        LIMIT 1` (queryAll, so a delete to the recycle bin counts). The newest SystemModstamp, or None."""
+        newest: datetime | None = None
+        for sobject in CHANGE_SIGNAL_OBJECTS:
+            soql = (f"SELECT SystemModstamp FROM {sobject} WHERE SystemModstamp > {format_datetime(instant)} "
+                    "ORDER BY SystemModstamp DESC LIMIT 1")
+            for record in self.query_all(soql):
+                stamp = parse_datetime(record["SystemModstamp"]) if record.get("SystemModstamp") else None
+                if stamp is not None and stamp > instant and (newest is None or stamp > newest):
+                    newest = stamp
+        return newest
 
     def _query_page(self, url: str, params: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> QueryPage:
         def parse(response: httpx.Response) -> QueryPage:

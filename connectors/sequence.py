@@ -133,6 +133,24 @@ class SequenceClient(AppClient):
             else:
                 yield [row for row in page if _at_or_after(row.get("updatedAt"), updated_since)]
 
+    def changed_since(self, instant: datetime) -> datetime | None:
+        """The cheap change signal the near-real-time sensor polls (pipelines/sensors.py). Sequence has no
+        "updated since" filter and no sort by updatedAt, so this reads ONE page of the newest invoices and of the
+        newest credit notes (lists are newest-created first) and returns their newest `updatedAt` later than
+        `instant`, or None. It sees new documents and changes to recent ones; a change to an older document waits
+        for the schedule."""
+        newest: datetime | None = None
+        for path in ("/invoices", "/credit-notes"):
+            items, _, _ = self.send_parsed("GET", path, self._parse_page, params={"limit": MAX_PAGE_SIZE})
+            for row in items:
+                value = row.get("updatedAt")
+                if not isinstance(value, str):
+                    continue
+                stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                if stamp > instant and (newest is None or stamp > newest):
+                    newest = stamp
+        return newest
+
     def list_invoice_lines(self, invoice_id: str) -> list[dict]:
         return self._all(f"/invoices/{_segment(invoice_id)}/line-items")
 

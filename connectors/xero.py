@@ -44,6 +44,8 @@ MAX_ELEMENTS_BY_COLLECTION = {"Items": 500}
 PAGED = frozenset({"Contacts", "Invoices", "CreditNotes", "Payments", "BankTransactions", "ManualJournals",
                    "PurchaseOrders", "Prepayments", "Overpayments", "Quotes"})
 # The envelope key when it is not the path's own name.
+# the paged collections extraction reads: what the change probe asks about
+CHANGE_SIGNAL_COLLECTIONS = ("Invoices", "CreditNotes", "Payments", "Contacts")
 ENVELOPE_KEYS = {"Organisation": "Organisations"}
 # Each collection's id field (TaxRates have none but their TaxType; Currencies their Code).
 ID_FIELDS = {
@@ -260,6 +262,23 @@ class XeroClient(AppClient):
             if len(answer.records) < page_size or (isinstance(count, int) and page >= count):
                 return
             page += 1
+
+    def changed_since(self, instant: datetime) -> datetime | None:
+        """The cheap change signal the near-real-time sensor polls (pipelines/sensors.py): per paged collection
+        extraction reads, page 1 of size 1 with If-Modified-Since `instant`, newest UpdatedDateUTC first. The
+        newest UpdatedDateUTC later than `instant`, or None. (Unpaged lists, e.g. items, wait for the schedule.)"""
+        newest: datetime | None = None
+        for collection in CHANGE_SIGNAL_COLLECTIONS:
+            answer = self.get_page(collection, page=1, page_size=1, modified_since=instant,
+                                   order="UpdatedDateUTC DESC")
+            for record in answer.records:
+                try:
+                    stamp = parse_dotnet_date(record.get("UpdatedDateUTC"))
+                except ValueError:
+                    stamp = None
+                if stamp is not None and stamp > instant and (newest is None or stamp > newest):
+                    newest = stamp
+        return newest
 
     def iter_records(self, collection: str, **kw: Any) -> Iterator[dict]:
         for answer in self.iter_pages(collection, **kw):

@@ -115,18 +115,22 @@ def dev(port: int, invoices: int) -> None:
     with runtime.open_sandbox(runtime.FIXTURES, runtime.REGISTRY, port_base=8711) as box:
         env = {**os.environ, **box.environment(), **runtime.dagster_environment()}
         runtime.sync_partitions()
-        # A new session, so the whole process tree stops on our signal (STACK.md: `dagster dev` ignores
-        # SIGINT/SIGTERM when started in the background of a script).
-        process = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-p", str(port)],
-                                   env=env, start_new_session=True)
-        click.echo(f"[dev] Dagster UI on http://127.0.0.1:{port}  sandbox: {box.urls}  (Ctrl-C stops both)")
+        # handlers first: a signal arriving while dagster starts must still stop the tree it started
         _stop_on_signals()
+        process = None
         try:
+            # A new session, so the whole process tree stops on our signal (STACK.md: `dagster dev` ignores
+            # SIGINT/SIGTERM when started in the background of a script).
+            process = subprocess.Popen([sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml",
+                                        "-p", str(port)], env=env, start_new_session=True)
+            click.echo(f"[dev] Dagster UI on http://127.0.0.1:{port}  sandbox: {box.urls}  (Ctrl-C stops both)")
+            click.echo("[dev] on: schedules incremental_sync_<app> (every 15 min), complete_sweep_<app> (02:00 UTC); "
+                       "sensors connection_changes (30 s), reconcile_after_sync, connection_partitions_sensor")
             process.wait()
         except KeyboardInterrupt:
             pass
         finally:
-            if process.poll() is None:
+            if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
                 try:
                     process.wait(timeout=20)

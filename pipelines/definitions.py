@@ -1,6 +1,6 @@
 """The one code location (workspace.yaml): every asset, resource, job, schedule and sensor."""
 
-from dagster import Definitions, define_asset_job
+from dagster import Definitions
 from dagster_dlt import DagsterDltResource
 
 from assets.extract.assets import RAW_ASSETS
@@ -10,14 +10,17 @@ from assets.reports.assets import REPORT_ASSETS
 from assets.resources import Ledgerlink
 from assets.unified.assets import UNIFIED_ASSETS
 from assets.writeback.assets import WRITEBACK_ASSETS
-from pipelines.sensors import connection_partitions_sensor
+from pipelines.schedules import CHECKS_JOB, RECONCILE_JOB, SCHEDULES, reconcile_after_sync
+from pipelines.schedules import EXTRACT_JOBS as EXTRACT_JOBS_BY_APP
+from pipelines.sensors import connection_changes, connection_partitions_sensor
 
-EXTRACT_JOBS = [define_asset_job(f"extract_{app}", selection=[assets_def]) for app, assets_def in RAW_ASSETS.items()]
+EXTRACT_JOBS = list(EXTRACT_JOBS_BY_APP.values())
 
 defs = Definitions(
     assets=[*RAW_ASSETS.values(), *UNIFIED_ASSETS, *RECONCILE_ASSETS, *REPORT_ASSETS, *WRITEBACK_ASSETS],
     asset_checks=QUALITY_CHECKS,
-    jobs=EXTRACT_JOBS,
-    sensors=[connection_partitions_sensor],
+    jobs=[*EXTRACT_JOBS, RECONCILE_JOB, CHECKS_JOB],
+    schedules=SCHEDULES,
+    sensors=[connection_partitions_sensor, connection_changes, reconcile_after_sync],
     resources={"dlt": DagsterDltResource(), "ledgerlink": Ledgerlink()},
 )

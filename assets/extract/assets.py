@@ -23,6 +23,11 @@ from assets.resources import Ledgerlink
 
 from assets.warehouse import WAREHOUSE_POOL
 
+# A run tagged so reads each source whole (the nightly complete sweep, pipelines/schedules.py): no CDC or
+# modified-since cursor, and the sources that can tell deletes from a complete read do so.
+SWEEP_TAG = "ledgerlink/sweep"
+COMPLETE_SWEEP = "complete"
+
 
 class RawTranslator(DagsterDltTranslator):
     def __init__(self, app: str):
@@ -60,13 +65,15 @@ def _raw_assets(app: str, source: Callable) -> AssetsDefinition:
         connection = ledgerlink.registry().get(context.partition_key)
         if connection.app != app:
             raise ValueError(f"partition {context.partition_key} is not a {app} connection")
-        context.log.info(f"extracting {connection.key} from {connection.base_url}")
+        full = context.run.tags.get(SWEEP_TAG) == COMPLETE_SWEEP
+        context.log.info(f"extracting {connection.key} from {connection.base_url}"
+                         + (" (complete sweep)" if full else ""))
         started, pipeline = datetime.now(UTC), ledgerlink.pipeline(connection)
         try:
             with ledgerlink.client(connection) as client:
                 yield from dlt.run(
                     context=context,
-                    dlt_source=source(client, connection.tenant, progress=context.log.info),
+                    dlt_source=source(client, connection.tenant, progress=context.log.info, full=full),
                     dlt_pipeline=pipeline,
                 )
         except Exception as exc:

@@ -162,8 +162,9 @@ def _read_object(client: AttioClient | None, tenant: str, obj: str, progress: Pr
 
 @dlt.source(name=APP, max_table_nesting=0)
 def attio_source(client: AttioClient | None = None, tenant: str = "", progress: Progress | None = None,
-                 page_size: int | None = None):
-    """One connection's Attio workspace. Called without a client it only describes the resources."""
+                 page_size: int | None = None, full: bool = True):
+    """One connection's Attio workspace. Called without a client it only describes the resources. Every run is
+    a complete sweep, so `full` changes nothing (accepted so every source takes the same switch)."""
     report = progress or (lambda message: log.info(message))
     for obj in OBJECTS:
         yield dlt.resource(_read_object(client, tenant, obj, report, page_size or PAGE_SIZE), name=obj,

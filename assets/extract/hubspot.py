@@ -9,7 +9,8 @@ properties API each run), so a custom field appears as a column without a code c
 
 First run, and then at least once a day: a complete sweep of the listing (no search cap, sees everything).
 Other runs: a search on the modification date (`hs_lastmodifieddate`, contacts `lastmodifieddate`) since the
-last cursor minus an overlap that also covers search's indexing delay; the client steps over the 10,000-result
+last cursor minus an overlap that also covers search's indexing delay (`full=True`, the nightly sweep, always
+sweeps); the client steps over the 10,000-result
 cap. Deletes come only from HubSpot's own signal, the `archived=true` listing (archived since the last cursor,
 or all of them on a sweep), as tombstones that also drop the deal's links. deal_companies is re-read for the
 deals that changed (all deals on a sweep) and replaced whole per deal; a link changed without the deal
@@ -81,8 +82,9 @@ LINKS_MERGE_KEY = "deal_id"
 
 
 class _Reader:
-    def __init__(self, client: HubSpotClient | None, tenant: str, progress: Progress):
+    def __init__(self, client: HubSpotClient | None, tenant: str, progress: Progress, full: bool = False):
         self.client = client
+        self.full = full  # the nightly complete sweep: the listing, whatever the last sweep's age
         self.tenant = tenant
         self.progress = progress
         self.deal_ids: list[str] = []  # deals read this run: their links are re-read next (resources run in order)
@@ -106,7 +108,7 @@ class _Reader:
         since = _parse(state.get("modified_since"))
         last_sweep = _parse(state.get("swept_at"))
         names, numbers = self._properties(spec.object_type)
-        sweep = since is None or last_sweep is None or started - last_sweep >= FULL_SWEEP_EVERY
+        sweep = self.full or since is None or last_sweep is None or started - last_sweep >= FULL_SWEEP_EVERY
         if sweep:
             pages: Iterable[list[dict]] = self.client.iter_pages(spec.object_type, properties=names)
             how = "complete sweep"
@@ -183,10 +185,11 @@ def _at_or_after(value: object, since: datetime) -> bool:
 
 
 @dlt.source(name=APP, max_table_nesting=0)
-def hubspot_source(client: HubSpotClient | None = None, tenant: str = "", progress: Progress | None = None):
+def hubspot_source(client: HubSpotClient | None = None, tenant: str = "", progress: Progress | None = None,
+                   full: bool = False):
     """One connection's HubSpot portal. Called without a client it only describes the resources."""
     report = progress or (lambda message: log.info(message))
-    reader = _Reader(client, tenant, report)
+    reader = _Reader(client, tenant, report, full)
     for name, spec in COLLECTIONS.items():
         yield dlt.resource(reader.collection(name), name=name, **resource_hints(spec.shape))
     # deal_companies reads the deal ids the deals resource found: make_pipeline runs resources in order (fifo)

@@ -4,6 +4,8 @@ First run: a complete sweep of each entity by query pages. Later runs: CDC since
 arrive as CDC tombstones, the app's own signal); an entity whose CDC answer hits the 1,000-object cap, or a
 cursor older than CDC's 30-day window, falls back to a query on MetaData.LastUpdatedTime (which cannot see
 deletes, so it says so). Tax codes and rates are not CDC-able: they are swept whole each run (small).
+`full=True` (the nightly complete sweep) sweeps every entity instead of CDC, and an id we hold that a completed
+sweep of a CDC-able entity did not return was deleted (the cursor still moves: the sweep saw everything).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from datetime import UTC, datetime, timedelta
 import dlt
 import polars as pl
 
-from assets.extract.flatten import PageTables, RecordRules, TableShape, frame_to_tables, read_records, records_frame
+from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+from assets.extract.flatten import (PageTables, RecordRules, TableShape, frame_to_tables, read_records, records_frame,
+                                    table_name)
 from assets.extract.loading import CURRENCIES, Progress, emit, log, resource_hints, tombstones
 from connectors.quickbooks import CdcLimitExceeded, QuickBooksClient, format_datetime
 
@@ -63,7 +68,8 @@ COLLECTIONS: dict[str, Collection] = {
 }
 
 
-def _read_collection(client: QuickBooksClient | None, tenant: str, name: str, progress: Progress) -> Iterator:
+def _read_collection(client: QuickBooksClient | None, tenant: str, name: str, progress: Progress,
+                     full: bool = False) -> Iterator:
     if client is None:  # the template source that only describes the assets
         return
     spec = COLLECTIONS[name]
@@ -71,7 +77,7 @@ def _read_collection(client: QuickBooksClient | None, tenant: str, name: str, pr
     started = datetime.now(UTC)
     since = _parse(state.get("changed_since"))
     loaded = 0
-    if spec.cdc and since is not None and started - since < CDC_WINDOW:
+    if spec.cdc and not full and since is not None and started - since < CDC_WINDOW:
         try:
             changes = client.cdc([spec.entity], since).records.get(spec.entity, [])
             deleted = [str(r.get("Id")) for r in changes if r.get("status") == "Deleted"]
@@ -86,13 +92,21 @@ def _read_collection(client: QuickBooksClient | None, tenant: str, name: str, pr
                         "next complete sweep)", APP, tenant, name)
             loaded = yield from _sweep(client, tenant, name, progress,
                                        where=f"MetaData.LastUpdatedTime > '{format_datetime(since)}'")
+    elif full and spec.cdc:
+        seen: set[str] = set()
+        loaded = yield from _sweep(client, tenant, name, progress, seen=seen)
+        # reached only when every page was read: an id we hold that the sweep lacks is gone from QuickBooks
+        deleted = sorted(_loaded_ids(spec.shape.table, tenant) - seen)
+        yield from tombstones(spec.shape, tenant, deleted)
+        progress(f"{APP} {tenant} {name}: complete sweep, {len(deleted)} deleted")
     else:
         loaded = yield from _sweep(client, tenant, name, progress)
     state["changed_since"] = (started - CURSOR_OVERLAP).isoformat()
     state["last_rows"] = loaded
 
 
-def _sweep(client: QuickBooksClient, tenant: str, name: str, progress: Progress, *, where: str | None = None):
+def _sweep(client: QuickBooksClient, tenant: str, name: str, progress: Progress, *, where: str | None = None,
+           seen: set[str] | None = None):
     spec = COLLECTIONS[name]
     rows = pages = 0
     if spec.name_list:
@@ -108,6 +122,8 @@ def _sweep(client: QuickBooksClient, tenant: str, name: str, progress: Progress,
 
     for page in client.iter_query_decoded(spec.entity, decode, where=where, concurrency=spec.sweep_concurrency):
         yield from emit(page, spec.shape, app=APP, tenant=tenant, collection=name)
+        if seen is not None and table_name(spec.shape.table) in page.tables:
+            seen.update(str(i) for i in page.tables[table_name(spec.shape.table)].column("id").to_pylist())
         rows += page.rows
         pages += 1
         if pages % 10 == 0:
@@ -116,15 +132,27 @@ def _sweep(client: QuickBooksClient, tenant: str, name: str, progress: Progress,
     return rows
 
 
+def _loaded_ids(table: str, tenant: str) -> set[str]:
+    """The ids of a table already in the warehouse for this tenant (none on a first run)."""
+    try:
+        with dlt.current.pipeline().sql_client() as sql:
+            rows = sql.execute_sql(f"select id from {sql.make_qualified_table_name(table)} where tenant = %s", tenant)
+    except DatabaseUndefinedRelation:
+        return set()
+    return {str(row[0]) for row in rows or ()}
+
+
 def _parse(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
 @dlt.source(name=APP, max_table_nesting=0)
-def quickbooks_source(client: QuickBooksClient | None = None, tenant: str = "", progress: Progress | None = None):
-    """One connection's QuickBooks company. Called without a client it only describes the resources."""
+def quickbooks_source(client: QuickBooksClient | None = None, tenant: str = "", progress: Progress | None = None,
+                      full: bool = False):
+    """One connection's QuickBooks company. Called without a client it only describes the resources;
+    `full` sweeps instead of CDC (the nightly complete sweep)."""
     report = progress or (lambda message: log.info(message))
     for name, spec in COLLECTIONS.items():
         yield dlt.resource(
-            _read_collection(client, tenant, name, report), name=name, **resource_hints(spec.shape)
+            _read_collection(client, tenant, name, report, full), name=name, **resource_hints(spec.shape)
         )

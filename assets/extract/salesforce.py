@@ -10,6 +10,8 @@ First run: a complete `query` sweep (live rows only). Later runs: `queryAll … 
 IsDeleted true (the recycle bin) become tombstones, the app's own delete signal. The cursor is the newest
 SystemModstamp seen, kept in dlt state. Rows purged from the recycle bin (hard deletes, ~15 days later) are not
 seen: a connection not extracted for that long keeps them until its state is reset.
+`full=True` (the nightly complete sweep) reads every row with `queryAll` (no cursor filter): live rows are
+upserted, recycle-bin rows become tombstones.
 """
 
 from __future__ import annotations
@@ -59,23 +61,23 @@ def select_fields(client: SalesforceClient, sobject: str) -> list[str]:
     return names
 
 
-def _read(client: SalesforceClient | None, tenant: str, name: str, progress: Progress) -> Iterator:
+def _read(client: SalesforceClient | None, tenant: str, name: str, progress: Progress, full: bool = False) -> Iterator:
     if client is None:  # the template source that only describes the assets
         return
     spec = OBJECTS[name]
     state = dlt.current.resource_state()
     cursor = state.get("cursor")
     soql = f"SELECT {', '.join(select_fields(client, spec.name))} FROM {spec.name}"
-    if cursor:
+    if cursor and not full:
         since = parse_datetime(cursor) - CURSOR_OVERLAP
         soql += f" WHERE {CURSOR_FIELD} > {format_datetime(since)}"
         how = f"changed since {since:%Y-%m-%d %H:%M}"
     else:
-        how = "complete sweep"
+        how = "complete sweep" + (" (queryAll)" if full else "")
     newest = parse_datetime(cursor) if cursor else None
     rows = deleted = pages = 0
     # queryAll on incremental runs: the recycle bin's rows carry the deletes
-    for page in client.query_pages(soql, include_deleted=bool(cursor)):
+    for page in client.query_pages(soql, include_deleted=bool(cursor) or full):
         pages += 1
         stamps = [parse_datetime(r[CURSOR_FIELD]) for r in page.records if r.get(CURSOR_FIELD)]
         if stamps and (newest is None or max(stamps) > newest):
@@ -101,8 +103,10 @@ def _read(client: SalesforceClient | None, tenant: str, name: str, progress: Pro
 
 
 @dlt.source(name=APP, max_table_nesting=0)
-def salesforce_source(client: SalesforceClient | None = None, tenant: str = "", progress: Progress | None = None):
-    """One connection's Salesforce org. Called without a client it only describes the resources."""
+def salesforce_source(client: SalesforceClient | None = None, tenant: str = "", progress: Progress | None = None,
+                      full: bool = False):
+    """One connection's Salesforce org. Called without a client it only describes the resources; `full` reads
+    every row with queryAll."""
     report = progress or (lambda message: log.info(message))
     for name, spec in OBJECTS.items():
-        yield dlt.resource(_read(client, tenant, name, report), name=name, **resource_hints(spec.shape))
+        yield dlt.resource(_read(client, tenant, name, report, full), name=name, **resource_hints(spec.shape))

@@ -4,6 +4,7 @@ Sequence has no "changed since" filter, so every run sweeps the lists; only what
 invoices and credit notes by `updatedAt` (their lines, groups and payment settings are re-read only for
 those), customers and tax categories (no `updatedAt`) by a fingerprint of the record kept in dlt state.
 Deletes come only from Sequence's own signals: `VOIDED` status and `archivedAt` arrive as ordinary updates.
+`full=True` (the nightly complete sweep) loads every record swept, changed or not (the sweep is the same).
 """
 
 from __future__ import annotations
@@ -76,13 +77,13 @@ def _fingerprint(record: dict) -> str:
 
 
 def _changed(pages: Iterable[list[dict]], collection: Collection, state: dict,
-             seen: set[str] | None = None) -> Iterator[list[dict]]:
+             seen: set[str] | None = None, full: bool = False) -> Iterator[list[dict]]:
     """Keeps the records that changed since the last run, by updatedAt or by fingerprint; every id swept is
     added to `seen`."""
     if seen is not None:
         pages = _noting_ids(pages, seen)
     if collection.changed_by == "updatedAt":
-        since = state.get("updated_since")
+        since = None if full else state.get("updated_since")
         for page in pages:
             yield page if since is None else [r for r in page if str(r.get("updatedAt") or "") >= since]
         return
@@ -91,7 +92,7 @@ def _changed(pages: Iterable[list[dict]], collection: Collection, state: dict,
         fresh = []
         for record in page:
             key, print_ = str(record.get("id")), _fingerprint(record)
-            if seen.get(key) != print_:
+            if full or seen.get(key) != print_:
                 fresh.append(record)
                 seen[key] = print_
         yield fresh
@@ -110,8 +111,9 @@ SWEPT_FOR_DELETES = ("invoices", "credit-notes")
 class SequenceReader:
     """Sweeps one Sequence account, remembering which documents changed so their details can be read."""
 
-    def __init__(self, client: SequenceClient | None, tenant: str, progress: Progress):
+    def __init__(self, client: SequenceClient | None, tenant: str, progress: Progress, full: bool = False):
         self.client = client
+        self.full = full
         self.tenant = tenant
         self.progress = progress
         self.changed_ids: dict[str, list[str]] = {"invoices": [], "credit-notes": []}
@@ -135,7 +137,7 @@ class SequenceReader:
         started = datetime.now(UTC)
         rows = 0
         swept: set[str] = set()
-        for records in _changed(self._pages(name), spec, state, swept):
+        for records in _changed(self._pages(name), spec, state, swept, self.full):
             if not records:
                 continue
             if name in self.changed_ids:
@@ -212,9 +214,11 @@ def _detail_tombstones(shape: TableShape, parent_column: str, tenant: str, paren
 
 
 @dlt.source(name=APP, max_table_nesting=0)
-def sequence_source(client: SequenceClient | None = None, tenant: str = "", progress: Progress | None = None):
-    """One connection's Sequence account. Called without a client it only describes the resources."""
-    reader = SequenceReader(client, tenant, progress or (lambda message: log.info(message)))
+def sequence_source(client: SequenceClient | None = None, tenant: str = "", progress: Progress | None = None,
+                    full: bool = False):
+    """One connection's Sequence account. Called without a client it only describes the resources;
+    `full` loads every record swept, not only the changed ones."""
+    reader = SequenceReader(client, tenant, progress or (lambda message: log.info(message)), full)
     for name, spec in COLLECTIONS.items():
         yield dlt.resource(reader.collection(name), name=name, **resource_hints(spec.shape))
     # Details read the ids their parents found: make_pipeline sets dlt to evaluate resources in order (fifo).

@@ -13,6 +13,9 @@ records whose fingerprint changed are loaded.
 
 `/Date(ms+0000)/` values become UTC timestamps (TableShape.dotnet_dates); a record whose date does not read
 goes to raw_xero.rejected_records with the field, like any other contract breach.
+
+`full=True` (the nightly complete sweep) reads the paged collections whole (no If-Modified-Since) and loads
+every record of the unpaged lists, fingerprint unchanged or not.
 """
 
 from __future__ import annotations
@@ -110,11 +113,11 @@ def _page_tables(records: list[dict], spec: Collection, tenant: str) -> PageTabl
     return page
 
 
-def _read_paged(client: XeroClient, tenant: str, name: str, progress: Progress) -> Iterator:
+def _read_paged(client: XeroClient, tenant: str, name: str, progress: Progress, full: bool = False) -> Iterator:
     spec = COLLECTIONS[name]
     state = dlt.current.resource_state()
     started = datetime.now(UTC)
-    since = datetime.fromisoformat(state["modified_since"]) if state.get("modified_since") else None
+    since = datetime.fromisoformat(state["modified_since"]) if state.get("modified_since") and not full else None
     server_time: datetime | None = None
     rows = pages = 0
     for answer in client.iter_pages(spec.api, where=spec.where, modified_since=since, page_size=PAGE_SIZE,
@@ -131,7 +134,7 @@ def _read_paged(client: XeroClient, tenant: str, name: str, progress: Progress) 
     progress(f"{APP} {tenant} {name}: {rows} rows in {pages} pages ({how})")
 
 
-def _read_whole(client: XeroClient, tenant: str, name: str, progress: Progress) -> Iterator:
+def _read_whole(client: XeroClient, tenant: str, name: str, progress: Progress, full: bool = False) -> Iterator:
     spec = COLLECTIONS[name]
     state = dlt.current.resource_state()
     known: dict[str, str] = state.setdefault("fingerprints", {})
@@ -146,7 +149,7 @@ def _read_whole(client: XeroClient, tenant: str, name: str, progress: Progress) 
             changed.append(record)  # rejected by the rules below, with its reason
             continue
         seen.add(str(key))
-        if known.get(str(key)) != print_:
+        if full or known.get(str(key)) != print_:
             changed.append(record)
             known[str(key)] = print_
     page = _page_tables(changed, spec, tenant)
@@ -161,16 +164,19 @@ def _read_whole(client: XeroClient, tenant: str, name: str, progress: Progress) 
              + (f", {len(gone)} deleted" if spec.vanish_deletes and gone else ""))
 
 
-def _read_collection(client: XeroClient | None, tenant: str, name: str, progress: Progress) -> Iterator:
+def _read_collection(client: XeroClient | None, tenant: str, name: str, progress: Progress,
+                     full: bool = False) -> Iterator:
     if client is None:  # the template source that only describes the assets
         return
     reader = _read_paged if COLLECTIONS[name].paged else _read_whole
-    yield from reader(client, tenant, name, progress)
+    yield from reader(client, tenant, name, progress, full)
 
 
 @dlt.source(name=APP, max_table_nesting=0)
-def xero_source(client: XeroClient | None = None, tenant: str = "", progress: Progress | None = None):
-    """One connection's Xero organisation. Called without a client it only describes the resources."""
+def xero_source(client: XeroClient | None = None, tenant: str = "", progress: Progress | None = None,
+                full: bool = False):
+    """One connection's Xero organisation. Called without a client it only describes the resources;
+    `full` reads everything whole (no If-Modified-Since)."""
     report = progress or (lambda message: log.info(message))
     for name, spec in COLLECTIONS.items():
-        yield dlt.resource(_read_collection(client, tenant, name, report), name=name, **resource_hints(spec.shape))
+        yield dlt.resource(_read_collection(client, tenant, name, report, full), name=name, **resource_hints(spec.shape))

@@ -14,6 +14,7 @@ import duckdb
 import polars as pl
 from dagster import AssetExecutionContext, AssetKey, MaterializeResult, MetadataValue, asset
 
+from assets.reconcile.crm import CRM_SPECS, find_crm_mismatches
 from assets.reconcile.links import LINKS_SCHEMA, METHODS, MISMATCH_SCHEMA, build_links
 from assets.reconcile.mismatches import ACTIONABLE_KINDS, KINDS, empty_mismatches, find_mismatches, invalid_records
 from assets.reconcile.quickbooks import QUICKBOOKS
@@ -34,11 +35,13 @@ LOG_TABLE = "reconcile.mismatch_log"
 OUTBOX_TABLE = "writeback.outbox"
 QUARANTINE_TABLES = ("unified.quarantine", "reconcile.quarantine")
 UNIFIED_INPUTS = ("customers", "invoices", "invoice_lines", "credit_notes", "credit_note_lines", "products",
-                  "accounts", "tax_codes")
+                  "accounts", "tax_codes", "companies", "contacts", "deals", "deal_companies", "custom_fields")
 LINKS_KEY = AssetKey([GROUP, "links"])
 MISMATCHES_KEY = AssetKey([GROUP, "mismatches"])
 # the apps Sequence is reconciled against: an accounting system adds its AppSpec here
 APP_SPECS = {spec.app: spec for spec in (QUICKBOOKS, XERO)}
+# ... and the CRMs Sequence customers are reconciled against (their companies: crm.py)
+RECONCILED_APPS = (*APP_SPECS, *CRM_SPECS)
 HISTORY_SCHEMA = {"tenant": pl.String(), "app": pl.String(), "kind": pl.String(), "count": pl.Int64(),
                   "at": pl.Datetime("us", "UTC")}
 LOG_SCHEMA = {**MISMATCH_SCHEMA, "valid_from": pl.Datetime("us", "UTC"), "valid_to": pl.Datetime("us", "UTC")}
@@ -72,12 +75,13 @@ def read_optional(con: duckdb.DuckDBPyConnection, qualified: str) -> pl.LazyFram
 def app_settings(registry: Registry) -> dict[str, dict[str, Mapping[str, Any]]]:
     """app -> tenant -> that connection's integration settings, for the apps reconciliation knows."""
     return {app: {c.tenant: dict(c.settings) for c in registry.for_app(app)}
-            for app in APP_SPECS if registry.for_app(app)}
+            for app in RECONCILED_APPS if registry.for_app(app)}
 
 
 def compute_links(unified: Mapping[str, pl.LazyFrame], settings: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
                   outbox: pl.LazyFrame | None = None, linked_at: datetime) -> pl.DataFrame:
-    frames = {app: settings_frames(by_tenant) for app, by_tenant in settings.items()}
+    # a CRM connection's settings inherit the tenant's product and tax mappings: those are the accounting apps'
+    frames = {app: settings_frames(by_tenant) for app, by_tenant in settings.items() if app in APP_SPECS}
     links = build_links(unified, settings=frames, outbox=outbox, linked_at=linked_at)
     return (links.join(connected_apps(settings).lazy(), on=["tenant", "app"], how="semi")
             .sort("tenant", "app", "entity", "sequence_id", "app_id").collect())
@@ -87,7 +91,8 @@ def compute_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame,
                        settings: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
                        quarantine: pl.LazyFrame | None = None) -> pl.DataFrame:
     """Every app's mismatches plus the records that failed a contract, in a stable order."""
-    parts = [find_mismatches(unified, links, settings_frames(by_tenant), APP_SPECS[app])
+    parts = [find_mismatches(unified, links, settings_frames(by_tenant), APP_SPECS[app]) if app in APP_SPECS
+             else find_crm_mismatches(unified, links, by_tenant, CRM_SPECS[app])
              for app, by_tenant in settings.items()]
     if quarantine is not None:
         parts.append(invalid_records(quarantine))
@@ -169,6 +174,14 @@ def mismatches_metadata(mismatches: pl.DataFrame) -> dict[str, Any]:
     metadata.update({f"mismatches_{k}": MetadataValue.int(by_kind.get(k, 0)) for k in KINDS})
     metadata.update({f"mismatches_{k}": MetadataValue.int(n) for k, n in by_kind.items() if k not in KINDS})
     metadata.update({f"mismatches_tenant_{t}": MetadataValue.int(n) for t, n in sorted(by_tenant.items())})
+    # per app, and per app and kind, zeros included for every reconciled app, so the UI plots each over runs
+    by_app, by_app_kind = _by(mismatches, "app"), (
+        {(a, k): n for a, k, n in mismatches.group_by("app", "kind").len().iter_rows()} if mismatches.height else {})
+    for app in sorted(set(RECONCILED_APPS) | {a for a in by_app if a}):
+        metadata[f"mismatches_app_{app}"] = MetadataValue.int(by_app.get(app, 0))
+        if app != "sequence":  # Sequence's own rows are only `invalid`, counted above
+            metadata.update({f"mismatches_{app}_{k}": MetadataValue.int(by_app_kind.get((app, k), 0))
+                             for k in KINDS})
     return metadata
 
 
@@ -181,9 +194,9 @@ _UNIFIED_DEPS = [AssetKey(["unified", table]) for table in UNIFIED_INPUTS]
 
 @asset(key=LINKS_KEY, group_name=GROUP, pool=WAREHOUSE_POOL, deps=_UNIFIED_DEPS, kinds={"polars", "duckdb"},
        description="reconcile.links: each Sequence record and its twin in a connected app (tenant, app, entity, "
-                   "sequence_id, app_id, method, linked_at), from what Sequence stores, the settings' mappings "
-                   "and confirmed write-backs. Match candidates are proposed in reconcile.mismatches, never "
-                   "linked here.")
+                   "sequence_id, app_id, method, linked_at), from what Sequence stores, the settings' mappings, "
+                   "confirmed write-backs and the CRM companies' Sequence customer id fields. Match candidates are "
+                   "proposed in reconcile.mismatches, never linked here.")
 def reconcile_links(context: AssetExecutionContext, ledgerlink: Ledgerlink) -> MaterializeResult:
     settings = app_settings(ledgerlink.registry())
     with connect(ledgerlink.warehouse, read_only=True) as con:

@@ -2,7 +2,8 @@
 
 Links come from what Sequence stores (customer integration ids, invoice and credit-note linkedServices, line
 externalIds: the unified `links` column), from the tenant's settings (product -> item, tax category -> tax
-code), and from Ledgerlink's own confirmed creates (writeback.outbox). Records that no link joins get match
+code), from Ledgerlink's own confirmed creates (writeback.outbox), and from what a CRM stores (a company's
+Sequence customer id field: unified companies' `links`, method app_field). Records that no link joins get match
 candidates (email, then normalised legal name for customers; number for invoices and credit notes) which are
 only ever *proposed*: a candidate unique both ways becomes an `unlinked_candidate` row with action `link`, an
 ambiguous one a `review` row listing the candidates. Nothing is linked silently.
@@ -24,10 +25,13 @@ LINKS_SCHEMA: dict[str, pl.DataType] = {
     "entity": pl.String(),
     "sequence_id": pl.String(),
     "app_id": pl.String(),
-    "method": pl.String(),  # integration_id | linked_service | external_id | settings | writeback
+    "method": pl.String(),  # integration_id | linked_service | external_id | settings | writeback | app_field
     "linked_at": pl.Datetime("us", "UTC"),
 }
-METHODS = ("integration_id", "linked_service", "external_id", "settings", "writeback")
+# app_field: the app's own record names its Sequence twin (a CRM company's Sequence customer id field)
+METHODS = ("integration_id", "linked_service", "external_id", "settings", "writeback", "app_field")
+# entity -> unified table whose app records name their Sequence twin in `links` (app "sequence")
+APP_STORED = {"customer": "companies"}
 # entity -> (unified table, how Sequence stores the link)
 STORED = {
     "customer": ("customers", "integration_id"),
@@ -82,6 +86,29 @@ def stored_links(unified: Mapping[str, pl.LazyFrame], linked_at: datetime) -> pl
     return pl.concat(frames, how="vertical") if frames else empty_links()
 
 
+def app_field_links(unified: Mapping[str, pl.LazyFrame], linked_at: datetime) -> pl.LazyFrame:
+    """Links an app keeps on its own records: a CRM company whose Sequence-id field (settings link_fields) names a
+    Sequence customer."""
+    frames = []
+    for entity, table in APP_STORED.items():
+        frame = unified.get(table)
+        if frame is None:
+            continue
+        frames.append(
+            frame.filter(pl.col("app") != SEQUENCE)
+            .select("tenant", "app", pl.col("id").alias("app_id"), "links")
+            .explode("links")
+            .filter(pl.col("links").is_not_null()
+                    & (link_app(pl.col("links").struct.field("app")) == SEQUENCE))
+            .select("tenant", "app", pl.lit(entity).alias("entity"),
+                    clean_text(pl.col("links").struct.field("app_id")).alias("sequence_id"), "app_id",
+                    pl.lit("app_field").alias("method"),
+                    pl.lit(linked_at, dtype=LINKS_SCHEMA["linked_at"]).alias("linked_at"))
+            .filter(pl.col("sequence_id").is_not_null())
+        )
+    return pl.concat(frames, how="vertical") if frames else empty_links()
+
+
 def settings_links(app: str, settings: SettingsFrames, linked_at: datetime) -> pl.LazyFrame:
     """The tenant's mappings as links: product -> item, tax category -> tax code."""
     stamp = pl.lit(linked_at, dtype=LINKS_SCHEMA["linked_at"]).alias("linked_at")
@@ -131,7 +158,8 @@ def build_links(unified: Mapping[str, pl.LazyFrame], *, settings: Mapping[str, S
     """Every known link, one row per (tenant, app, entity, sequence_id, app_id); when several sources know the same
     link, the first in METHODS order names it (what Sequence stores wins over our own write-back record).
     `settings`: app -> that app's connection settings as frames."""
-    frames = [stored_links(unified, linked_at), writeback_links(outbox, linked_at)]
+    frames = [stored_links(unified, linked_at), writeback_links(outbox, linked_at),
+              app_field_links(unified, linked_at)]
     frames += [settings_links(app, frames_, linked_at) for app, frames_ in (settings or {}).items()]
     rank = pl.col("method").replace_strict({m: i for i, m in enumerate(METHODS)}, default=len(METHODS),
                                            return_dtype=pl.Int64)

@@ -263,8 +263,8 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
               caller has them already: `links` is then not joined again
 
     Returns a LazyFrame with MISMATCH_SCHEMA's columns, computed when called (like `settle`, with the in-memory
-    engine). Work is proportional to the differences: the join carries only the keys (a pair is a row on either
-    side); each spec compares its raw values gathered by those rows; only pairs whose raw values differ are
+    engine). Work is proportional to the differences: the pairs are found by joining one hash of the keys and
+    checked on the real keys (`_pair_index`: a pair is a row on either side); each spec compares its raw values gathered by those rows; only pairs whose raw values differ are
     normalised and compared (normalising is a function, so equal raw values can never differ; equal amounts in two
     currencies are the currency field's difference), and only the rows that really differ get their text and
     reason.
@@ -345,14 +345,14 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
             # cheap step that drops the pairs differing only at the edges (or in case) before the regex
             candidates = candidates.filter(_stripped(spec, s_val).ne_missing(_stripped(spec, a_val)))
         differing = candidates.filter(_normalised(spec, s_val, s_cur).ne_missing(_normalised(spec, a_val, a_cur)))
-        rows = pl.concat([seq_rest.select(pl.all().gather(differing.get_column("_si"))),
+        found = pl.concat([seq_rest.select(pl.all().gather(differing.get_column("_si"))),
                           other_rest.select(pl.all().gather(differing.get_column("_ai")))], how="horizontal")
         s_text, a_text = _display(spec, s_val, s_cur), _display(spec, a_val, a_cur)
         note = spec.note.fill_null("") if spec.note is not None else pl.lit("")
         reason = pl.concat_str([subject, pl.lit(f": {spec.label} is "), _quoted(spec, s_text),
                                 pl.lit(" in Sequence but "), _quoted(spec, a_text), pl.lit(" in "), label, note,
                                 pl.lit(".")])
-        return rows.select(
+        return found.select(
             "tenant", "app", pl.lit(entity).alias("entity"), s_ref.alias("sequence_id"), a_ref.alias("app_id"),
             pl.lit(spec.kind).alias("kind"), pl.lit(spec.field).alias("field"), s_text.alias("sequence_value"),
             a_text.alias("app_value"), pl.lit(spec.action).alias("proposed_action"), reason.alias("reason"))
@@ -456,7 +456,7 @@ def _rows(frame: pl.LazyFrame, *, entity: str, kind: str, action: str, reason: p
 
 
 def _or_id(text: pl.Expr, record_id: pl.Expr) -> pl.Expr:
-    return pl.coalesce(clean_text(text), record_id)
+    return pl.coalesce(_clean_text(text), record_id)
 
 
 def _customer_subject() -> pl.Expr:

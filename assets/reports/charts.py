@@ -6,7 +6,7 @@ from __future__ import annotations
 import altair as alt
 import vl_convert
 
-from assets.reports.report import ENTITY_LABELS, Report, TenantReport
+from assets.reports.report import ENTITY_LABELS, Report, TenantReport, app_label
 
 FONT = "Liberation Sans, Arial, Helvetica, sans-serif"
 STATUS = ["In agreement", "Needs attention", "Noted, nothing to do"]
@@ -103,16 +103,77 @@ def fields_chart(tenant: TenantReport) -> str | None:
     return _svg(chart)
 
 
-def trend_chart(tenant: TenantReport) -> str | None:
-    rows = [{"at": p.at.isoformat(), "kind": p.kind, "count": p.count} for p in tenant.trend]
-    if len({r["at"] for r in rows}) < 2:  # one point is not a trend
+def _time_x(points: list) -> alt.X:
+    """Dates for runs days apart, dates and hours for runs within a couple of days (a frequent schedule)."""
+    times = [p.at for p in points]
+    span = (max(times) - min(times)).total_seconds() if times else 0
+    if span >= 2 * 86400:
+        return alt.X("at:T", title=None, axis=alt.Axis(format="%d %b", tickCount="day", labelAngle=0))
+    return alt.X("at:T", title=None, axis=alt.Axis(format="%d %b %H:%M", labelAngle=0, labelOverlap=True))
+
+
+def _series_chart(points: list, title: str, width: int, *, colors: dict[str, str] | None = None) -> str | None:
+    """Counts per run as one line per series (a reason or an app); None for fewer than two runs (not a trend)."""
+    rows = [{"at": p.at.isoformat(), "series": p.series, "count": p.count} for p in points]
+    if len({r["at"] for r in rows}) < 2:
         return None
-    chart = alt.Chart(alt.Data(values=rows)).mark_line(point=True).encode(
-        x=alt.X("at:T", title=None, axis=alt.Axis(format="%d %b", tickCount="day")),
-        y=alt.Y("sum(count):Q", title="mismatches", axis=alt.Axis(tickMinStep=1, format="d")),
-        color=alt.Color("kind:N", title=None),
-    ).properties(width=WIDTH, height=180)
+    series = sorted({r["series"] for r in rows})
+    color = alt.Color("series:N", title=None, legend=alt.Legend(columns=3, labelLimit=260))
+    if colors and all(s in colors for s in series):
+        color = alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=[colors[s] for s in series]),
+                          legend=alt.Legend(columns=3, labelLimit=260))
+    chart = alt.Chart(alt.Data(values=rows)).mark_line(point=True, strokeWidth=2).encode(
+        x=_time_x(points),
+        y=alt.Y("count:Q", title=title, axis=alt.Axis(tickMinStep=1, format="d")),
+        color=color,
+    ).properties(width=width, height=180)
     return _svg(chart)
+
+
+# one colour per app across every chart of the page
+APP_COLORS = {"QuickBooks": "#2c6e3f", "Xero": "#1f8fbf", "Sequence's own data": "#8a6bb1", "HubSpot": "#e0713b",
+              "Salesforce": "#4c7fd1", "Attio": "#6b6f7b", "Sequence": "#8a6bb1"}
+
+
+def trend_chart(tenant: TenantReport) -> str | None:
+    """Mismatches per run, one line per reason (summed over apps)."""
+    return _series_chart(tenant.trend, "differences", WIDTH)
+
+
+def trend_apps_chart(tenant: TenantReport) -> str | None:
+    """Mismatches per run, one line per app (summed over reasons); none for one app (the reasons' chart says it)."""
+    if len({p.series for p in tenant.trend_apps}) < 2:
+        return None
+    return _series_chart(tenant.trend_apps, "differences", WIDTH, colors=APP_COLORS)
+
+
+def overview_trend_chart(report: Report) -> str | None:
+    return _series_chart(report.trend_apps, "differences, all tenants", WIDE, colors=APP_COLORS)
+
+
+def syncs_chart(tenant: TenantReport) -> str | None:
+    """Rows loaded per day and connection as bars, failed syncs as red marks above them."""
+    rows = [{"at": p.at.date().isoformat(), "app": app_label(p.app), "rows": p.rows, "runs": p.runs,
+             "failed": p.failed} for p in tenant.sync_points]
+    if not rows:
+        return None
+    apps = sorted({r["app"] for r in rows})
+    palette = [APP_COLORS.get(a, "#94a3b8") for a in apps]
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X("at:O", title=None, axis=alt.Axis(labelAngle=0, labelExpr="timeFormat(toDate(datum.value), '%d %b')")),
+        xOffset=alt.XOffset("app:N", sort=apps))
+    bars = base.mark_bar().encode(
+        y=alt.Y("rows:Q", title="rows loaded", axis=alt.Axis(tickMinStep=1, format=",d")),
+        color=alt.Color("app:N", title=None, scale=alt.Scale(domain=apps, range=palette)))
+    layers = [bars]
+    if any(r["failed"] for r in rows):
+        # written upwards from the bar's top, so the words fit the bar's width
+        failures = alt.Chart(alt.Data(values=[r for r in rows if r["failed"]])).transform_calculate(
+            label="datum.failed + ' failed'").mark_text(
+            color="#c8553d", fontWeight="bold", fontSize=11, angle=270, align="left", baseline="middle", dx=4).encode(
+            x=alt.X("at:O"), xOffset=alt.XOffset("app:N", sort=apps), y=alt.Y("rows:Q"), text="label:N")
+        layers.append(failures)
+    return _svg(alt.layer(*layers).properties(width=WIDTH, height=170))
 
 
 def overview_chart(report: Report) -> str | None:
@@ -132,17 +193,19 @@ def overview_chart(report: Report) -> str | None:
     return _svg(chart)
 
 
+CHARTS = {"agreement": agreement_chart, "reasons": reasons_chart, "fields": fields_chart, "trend": trend_chart,
+          "trend_apps": trend_apps_chart, "syncs": syncs_chart}
+
+
 def chart_ids(tenant: TenantReport) -> dict[str, str]:
-    return {name: f"{name}-{tenant.tenant}" for name in ("agreement", "reasons", "fields", "trend")}
+    return {name: f"{name}-{tenant.tenant}" for name in CHARTS}
 
 
 def draw_charts(report: Report) -> dict[str, str]:
-    """Every chart of the report as SVG text, by id ("overview", "agreement-<tenant>", ...); absent when empty."""
-    charts: dict[str, str | None] = {"overview": overview_chart(report)}
+    """Every chart of the report as SVG text, by id ("overview", "trend", "agreement-<tenant>", ...); absent
+    when empty."""
+    charts: dict[str, str | None] = {"overview": overview_chart(report), "trend": overview_trend_chart(report)}
     for tenant in report.tenants:
-        ids = chart_ids(tenant)
-        charts[ids["agreement"]] = agreement_chart(tenant)
-        charts[ids["reasons"]] = reasons_chart(tenant)
-        charts[ids["fields"]] = fields_chart(tenant)
-        charts[ids["trend"]] = trend_chart(tenant)
+        for name, chart_id in chart_ids(tenant).items():
+            charts[chart_id] = CHARTS[name](tenant)
     return {name: svg for name, svg in charts.items() if svg}

@@ -18,11 +18,14 @@ from types import ModuleType
 import pandera.errors
 import polars as pl
 
-from assets.unified import mapping, quickbooks, sequence, xero
+from assets.unified import attio, hubspot, mapping, quickbooks, salesforce, sequence, xero
 from assets.unified.mapping import ENTITIES, PROBLEM_COLUMNS, PROBLEM_FIELD, PROBLEM_REASON, MappingError
 from checks.unified import INSTANT, MODEL
 
-APPS: dict[str, ModuleType] = {"sequence": sequence, "quickbooks": quickbooks, "xero": xero}
+# An app maps the tables its module's TABLES name (the CRMs have no invoices, the billing and accounting apps no
+# deals): a table no app maps is written empty.
+APPS: dict[str, ModuleType] = {"sequence": sequence, "quickbooks": quickbooks, "xero": xero, "hubspot": hubspot,
+                               "salesforce": salesforce, "attio": attio}
 TABLES = list(MODEL)
 
 QUARANTINE_TABLE = "quarantine"
@@ -42,6 +45,7 @@ ROW_IDS: dict[str, pl.Expr] = {
     "invoice_lines": pl.concat_str("document_id", pl.lit("-"), "id"),
     "credit_note_lines": pl.concat_str("document_id", pl.lit("-"), "id"),
     "payment_applications": pl.concat_str("payment_id", pl.lit("-"), "document_id"),
+    "deal_companies": pl.concat_str("deal_id", pl.lit("-"), "company_id"),
 }
 # Raw collections (as rejected_records names them) -> entity words
 RAW_ENTITIES = {
@@ -198,7 +202,8 @@ def rejected_records(raw: RawByApp, detected_at: datetime) -> pl.DataFrame:
                 latest = latest.join(loaded, left_on=["tenant", "record_id"], right_on=["tenant", "id"], how="anti")
         frames.append(latest.select(
             "tenant", pl.lit(app).alias("app"),
-            pl.col("collection").replace_strict(RAW_ENTITIES, default=pl.col("collection")).alias("entity"),
+            pl.col("collection").replace_strict({**RAW_ENTITIES, **getattr(APPS[app], "REJECTED_ENTITIES", {})},
+                                                default=pl.col("collection")).alias("entity"),
             pl.col("record_id").alias("id"), pl.lit("extract").alias("check"), "field", "reason",
             pl.coalesce(pl.col("rejected_at"), pl.lit(detected_at, INSTANT)).alias("detected_at"),
         ).cast(QUARANTINE))

@@ -23,6 +23,13 @@ A tenant's registry settings may override or add fields, no code change needed:
     settings["field_mappings"][app][entity][unified_column] = "<raw column>"
     settings["custom_fields"][app][entity] = ["<raw column>", ...]     -> rows of unified.custom_fields
 
+and, for the CRMs (hubspot.py, salesforce.py, attio.py):
+
+    settings["link_fields"][app][entity] = {"<other app>": "<raw column>"}   -> links: the CRM field that
+                                                                               holds the twin's id there
+    settings["deal_stages"][app] = {"won": [...], "lost": [...], "open": [...]}   -> is_closed / is_won
+                                                                               of the tenant's own stages
+
 `entity` is the word of ENTITIES (customer, invoice, credit_note, product, ...); raw columns are those of
 the entity's source frame (a raw column the warehouse has not seen yet reads as null).
 """
@@ -59,15 +66,20 @@ ENTITIES: dict[str, str] = {
     "products": "product",
     "accounts": "account",
     "tax_codes": "tax_category",
+    "companies": "company",
+    "contacts": "contact",
+    "deals": "deal",
+    "deal_companies": "deal_company",
     "custom_fields": "custom_field",
 }
 # Columns that identify a row: a tenant may not remap them (a wrong id would silently re-link records).
-KEY_COLUMNS = frozenset({"tenant", "app", "id", "document_id", "payment_id"})
+KEY_COLUMNS = frozenset({"tenant", "app", "id", "document_id", "payment_id", "deal_id"})
 
 EMAIL_COLUMNS = frozenset({"email", "billing_email"})
 COUNTRY_COLUMNS = frozenset({"country", "billing_country"})
 AS_SENT_COLUMNS = frozenset({"country_as_sent"})  # the app's own text, kept when it is not an alpha-2 code
 CURRENCY_COLUMNS = frozenset({"currency"})
+DOMAIN_COLUMNS = frozenset({"domain"})
 
 # Sequence's integration service names -> unified app names; services that are not apps (Stripe) are dropped.
 SERVICES = {"QuickBooks_Online": "quickbooks", "Xero": "xero", "HubSpot": "hubspot", "Salesforce": "salesforce",
@@ -95,6 +107,13 @@ def email(expr: pl.Expr) -> pl.Expr:
 
 def currency(expr: pl.Expr) -> pl.Expr:
     return text(expr).str.to_uppercase()
+
+
+def domain(expr: pl.Expr) -> pl.Expr:
+    """The bare host of a domain or website ("https://www.Nordwind.example/about" -> "nordwind.example")."""
+    host = (text(expr).str.to_lowercase().str.replace(r"^[a-z][a-z0-9+.-]*://", "")
+            .str.replace(r"^www\.", "").str.replace(r"[/?#:].*$", ""))
+    return text(host)
 
 
 @lru_cache(maxsize=1)
@@ -156,6 +175,8 @@ def _normalise(expr: pl.Expr, column: str, source: pl.DataType, target: pl.DataT
             return country(expr)
         if column in CURRENCY_COLUMNS:
             return currency(expr)
+        if column in DOMAIN_COLUMNS:
+            return domain(expr)
         if column in AS_SENT_COLUMNS:
             return country_as_sent(expr)
         return text(expr)
@@ -345,6 +366,12 @@ _XERO_LINE: dict[str, Value] = {
     "tax_rate": "_tax_rate",
     "links": None,
 }
+
+
+def mapping_text(column: str) -> pl.Expr:
+    """A raw column as trimmed text, empty as null (for coalescing alternatives inside a field map)."""
+    return text(pl.col(column))
+
 
 FIELD_MAPS: dict[str, dict[str, FieldMap]] = {
     "sequence": {
@@ -559,6 +586,130 @@ FIELD_MAPS: dict[str, dict[str, FieldMap]] = {
             "name": "name",
             "rate": pl.col("effective_rate") / 100,
             "active": (pl.col("status").str.to_uppercase() == "ACTIVE").fill_null(True),
+        },
+    },
+    # CRMs: the source frames are built in hubspot.py, salesforce.py and attio.py (helper columns `_...`)
+    "hubspot": {
+        "companies": {
+            "name": "properties__name",
+            "domain": pl.coalesce(mapping_text("properties__domain"), mapping_text("properties__website")),
+            "line1": "properties__address",
+            "line2": "properties__address2",
+            "city": "properties__city",
+            "region": "properties__state",
+            "postal_code": "properties__zip",
+            "country": "properties__country",
+            "currency": None,  # HubSpot companies carry no currency (deals do)
+            "owner": "properties__hubspot_owner_id",
+            "links": "_links",
+            "updated_at": "updated_at",  # the record's updatedAt (= hs_lastmodifieddate)
+        },
+        "contacts": {
+            "company_id": "_company_id",  # associatedcompanyid: the contact's primary company
+            "name": pl.concat_str(mapping_text("properties__firstname"), mapping_text("properties__lastname"),
+                                  separator=" ", ignore_nulls=True),
+            "email": "properties__email",
+            "phone": "properties__phone",
+            "job_title": "properties__jobtitle",
+            "updated_at": "updated_at",
+        },
+        "deals": {
+            "name": "properties__dealname",
+            "stage": "properties__dealstage",
+            "is_closed": "_is_closed",
+            "is_won": "_is_won",
+            "amount": "properties__amount",
+            "currency": pl.coalesce(mapping_text("properties__deal_currency_code"), pl.col("_home_currency")),
+            "close_date": "properties__closedate",
+            "company_id": "_company_id",
+            "updated_at": "updated_at",
+        },
+        "deal_companies": {
+            "deal_id": "deal_id",
+            "company_id": "company_id",
+            "is_primary": pl.col("is_primary").fill_null(False),
+        },
+    },
+    "salesforce": {
+        "companies": {
+            "name": "name",
+            "domain": "website",
+            # a compound street holds every line, newline-separated
+            "line1": pl.col("billing_address__street").str.split("\n").list.first(),
+            "line2": pl.col("billing_address__street").str.split("\n").list.slice(1).list.join(", "),
+            "city": "billing_address__city",
+            "region": pl.coalesce(mapping_text("billing_address__state_code"), mapping_text("billing_address__state")),
+            "postal_code": "billing_address__postal_code",
+            "country": pl.coalesce(mapping_text("billing_address__country_code"),
+                                   mapping_text("billing_address__country")),
+            "currency": "currency_iso_code",  # multi-currency orgs only
+            "owner": "owner_id",
+            "links": "_links",
+            "updated_at": "last_modified_date",
+        },
+        "contacts": {
+            "company_id": "account_id",
+            "name": "name",
+            "email": "email",
+            "phone": "phone",
+            "job_title": "title",
+            "updated_at": "last_modified_date",
+        },
+        "deals": {
+            "name": "name",
+            "stage": "stage_name",
+            "is_closed": "_is_closed",
+            "is_won": "_is_won",
+            "amount": "amount",
+            "currency": pl.coalesce(mapping_text("currency_iso_code"), pl.col("_home_currency")),
+            "close_date": "close_date",
+            "company_id": "account_id",
+            "updated_at": "last_modified_date",
+        },
+        "deal_companies": {  # an Opportunity has one Account
+            "deal_id": "id",
+            "company_id": "account_id",
+            "is_primary": pl.lit(True),
+        },
+    },
+    "attio": {
+        "companies": {
+            "name": "name",
+            "domain": "_domain",
+            "line1": "primary_location__line_1",
+            "line2": "primary_location__line_2",
+            "city": "primary_location__locality",
+            "region": "primary_location__region",
+            "postal_code": "primary_location__postcode",
+            "country": "primary_location__country_code",
+            "currency": None,
+            "owner": None,  # Attio companies have a team, no owner
+            "links": "_links",
+            "updated_at": None,  # Attio records carry no modification time
+        },
+        "contacts": {
+            "company_id": "company",
+            "name": "name",
+            "email": "_email",
+            "phone": "_phone",
+            "job_title": "job_title",
+            "updated_at": None,
+        },
+        "deals": {
+            "name": "name",
+            "stage": "stage",
+            "is_closed": "_is_closed",
+            "is_won": "_is_won",
+            "amount": "value",
+            "currency": "value__currency_code",
+            "close_date": None,  # not a standard attribute: a tenant names its own (field_mappings)
+            "company_id": "associated_company",
+            "updated_at": None,
+        },
+        "deal_companies": {
+            "deal_id": "id",
+            "company_id": "associated_company",
+            "is_primary": pl.lit(True),
         },
     },
 }
@@ -798,3 +949,108 @@ def settings_frame(settings: Settings | None, columns: Mapping[str, str]) -> pl.
             value = (body or {}).get(key)
             rows[name].append(None if value is None or isinstance(value, (dict, list)) else str(value))
     return pl.LazyFrame(rows, schema={name: pl.String for name in rows})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CRMs: links named in CRM fields, deal stages (hubspot.py, salesforce.py, attio.py)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def plain_text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A raw value as the text a person typed: numbers stored as DECIMAL lose the padding zeros ("58", "1200.5",
+    not "58.000000000"); other types are cast to text."""
+    if isinstance(dtype, pl.Decimal):
+        return expr.cast(pl.String).str.replace(r"(\.\d*?)0+$", "$1").str.replace(r"\.$", "")
+    return expr.cast(pl.String)
+
+
+def with_links(app: str, table: str, source: pl.LazyFrame, settings: Settings | None) -> pl.LazyFrame:
+    """Adds `_links` ([{app, app_id}], null when none): per tenant, settings["link_fields"][app][entity] =
+    {"<other app>": "<raw column holding that app's id>"} (a HubSpot property `sequence_customer_id`, a
+    Salesforce `Sequence_Id__c`, ...)."""
+    from checks.unified import APPS as MODEL_APPS
+
+    entity = ENTITIES[table]
+    per_tenant = tenant_section(settings or {}, "link_fields", app, entity)
+    if not per_tenant:
+        return source.with_columns(pl.lit(None, LINKS).alias("_links"))
+    columns: set[str] = set()
+    for tenant, fields in per_tenant.items():
+        where = f"tenant {tenant}: settings.link_fields.{app}.{entity}"
+        if not isinstance(fields, Mapping):
+            raise MappingError(f"{where}: expected a mapping of app -> raw column")
+        for other, column in fields.items():
+            if other not in MODEL_APPS:
+                raise MappingError(f"{where}.{other}: not an app ({', '.join(MODEL_APPS)})")
+            if not isinstance(column, str) or not column:
+                raise MappingError(f"{where}.{other}: name one raw column (got {column!r})")
+            columns.add(column)
+    source = _with_columns_present(source, [pl.col(c) for c in columns])
+    schema = source.collect_schema()
+    links = pl.lit(None, LINKS)
+    for tenant, fields in per_tenant.items():
+        named = pl.concat_list([pl.struct(app=pl.lit(other), app_id=text(plain_text(pl.col(c), schema[c])))
+                                for other, c in fields.items()])
+        named = named.list.eval(pl.element().filter(pl.element().struct.field("app_id").is_not_null()))
+        links = pl.when(pl.col("tenant") == tenant).then(pl.when(named.list.len() > 0).then(named)).otherwise(links)
+    return source.with_columns(links.cast(LINKS).alias("_links"))
+
+
+def with_stage_flags(app: str, source: pl.LazyFrame, stage: pl.Expr, settings: Settings | None, *,
+                     won: list[str], lost: list[str], open_: list[str]) -> pl.LazyFrame:
+    """Adds `_is_closed` and `_is_won` from the deal's stage (case-insensitive): the tenant's
+    settings["deal_stages"][app] = {"won": [...], "lost": [...], "open": [...]} first, then the app's own
+    defaults; a stage neither names is null (unknown, never guessed)."""
+    word = text(stage).str.to_lowercase()
+    closed = won_ = None
+
+    def add(condition: pl.Expr, is_closed: bool, is_won: bool) -> None:
+        nonlocal closed, won_
+        closed = (pl.when(condition) if closed is None else closed.when(condition)).then(pl.lit(is_closed))
+        won_ = (pl.when(condition) if won_ is None else won_.when(condition)).then(pl.lit(is_won))
+
+    for tenant, body in (settings or {}).items():
+        stages = ((body or {}).get("deal_stages") or {}).get(app)
+        if not stages:
+            continue
+        if not isinstance(stages, Mapping) or set(stages) - {"won", "lost", "open"}:
+            raise MappingError(f"tenant {tenant}: settings.deal_stages.{app}: expected {{won, lost, open}} lists")
+        for key, is_closed, is_won in (("won", True, True), ("lost", True, False), ("open", False, False)):
+            names = [str(n).strip().lower() for n in stages.get(key) or []]
+            if names:
+                add((pl.col("tenant") == tenant) & word.is_in(names), is_closed, is_won)
+    for names, is_closed, is_won in ((won, True, True), (lost, True, False), (open_, False, False)):
+        if names:
+            add(word.is_in([n.lower() for n in names]), is_closed, is_won)
+    if closed is None:
+        return source.with_columns(pl.lit(None, pl.Boolean).alias("_is_closed"),
+                                   pl.lit(None, pl.Boolean).alias("_is_won"))
+    return source.with_columns(closed.otherwise(pl.lit(None, pl.Boolean)).alias("_is_closed"),
+                               won_.otherwise(pl.lit(None, pl.Boolean)).alias("_is_won"))
+
+
+def crm_custom_fields(app: str, table: str, source: pl.LazyFrame, automatic: list[str], settings: Settings | None,
+                      *, prefix: str = "") -> pl.LazyFrame:
+    """The custom fields of one CRM entity: the raw columns the app itself flags as custom (`automatic`) and the
+    ones each tenant lists in settings custom_fields (by raw column, or by the app's own name when the raw
+    column is `<prefix><name>`: HubSpot `mrr` for `properties__mrr`). A field is named without the prefix;
+    numbers read as plain text."""
+    schema = source.collect_schema()
+    per_tenant: dict[str, list[str]] = {}
+    for tenant, columns in tenant_section(settings or {}, "custom_fields", app, ENTITIES[table]).items():
+        if isinstance(columns, str) or not all(isinstance(c, str) and c for c in columns):
+            raise MappingError(f"tenant {tenant}: settings.custom_fields.{app}.{ENTITIES[table]}: expected a list of "
+                               f"raw column names (got {columns!r})")
+        per_tenant[tenant] = list(dict.fromkeys(c if c in schema or f"{prefix}{c}" not in schema else f"{prefix}{c}"
+                                                for c in columns))
+    wanted = set(automatic).union(*per_tenant.values())
+    typed = source.with_columns(plain_text(pl.col(c), schema[c]).alias(c) for c in wanted
+                                if c in schema and schema[c] != pl.String)
+
+    def named(columns: list[str]) -> list[str]:
+        return [c.removeprefix(prefix) if prefix else c for c in columns]
+
+    frames = [custom_columns(app, table, typed, automatic, field_names=named(automatic))] if automatic else []
+    frames += [custom_columns(app, table, typed, columns, field_names=named(columns), tenant=tenant)
+               for tenant, columns in per_tenant.items()]
+    return pl.concat(frames, how="vertical") if frames else empty_custom_fields()

@@ -1,12 +1,14 @@
-"""Deterministic demo data for the sandbox: Sequence (billing) and its merchants' QuickBooks Online and Xero.
+"""Deterministic demo data for the sandbox: Sequence (billing), its merchants' QuickBooks Online and Xero, and
+their CRMs (HubSpot, Salesforce, Attio).
 
 `generate()` writes the fixture layout the emulators load (see DESIGN.md, "Sandbox fixtures"):
 
     <out>/<tenant>/sequence/<collection>.json     JSON arrays of records exactly as the Sequence API returns them
     <out>/<tenant>/quickbooks/<collection>.json   JSON arrays of records exactly as QuickBooks Online returns them
     <out>/<tenant>/xero/<collection>.json         the same for Xero (UK and DE tenants only; every tenant has QBO)
+    <out>/<tenant>/{hubspot,salesforce,attio}/    CRM records as each emulator loads them (CRM_TENANT_COUNTRIES)
     <out>/settings.json                           per-tenant integration settings (the seed document's settings;
-                                                  the Xero connection's own under "apps"."xero")
+                                                  each connection's own under "apps"."xero" / "apps"."<crm>")
     <out>/manifest.json                           record counts and every planted discrepancy
 
 How the data is made: one consistent "truth" is generated per tenant, and every QuickBooks record is what
@@ -27,11 +29,37 @@ app "xero" after the tenant's other discrepancies. Simplifications: credit notes
 prepayments/overpayments; Xero-only records are a few invoices (one a DELETED draft, not a discrepancy),
 contacts and two contract-breaking invoices; TaxTypes for the DE (GLOBAL-version) org are OUTPUT/NONE/TAX00n.
 
+CRMs: the UK tenant connects HubSpot AND Attio (one tenant, deals from two CRMs), the US tenant Salesforce, the
+DE tenant Attio. Each CRM holds one company per non-draft Sequence customer (name, domain, billing address:
+HubSpot address/city/zip/state/country properties, Salesforce's compound BillingAddress with line 2 on a second
+street line, Attio's primary_location; HubSpot and Salesforce countries as names, Attio's as alpha-2), linked by a
+custom field holding the Sequence customer id (CRM_SYNC_FIELDS: HubSpot property `sequence_customer_id`,
+Salesforce external-id field `Sequence_Customer_Id__c` declared in FieldDefinition, Attio unique attribute
+`sequence_customer_id`) next to the fields write-back keeps up to date: billing status ("active" | "archived" by
+Sequence's archivedAt) and MRR (the net total of the customer's issued, FINAL/SENT, invoices with an issue date in
+the 30 days before the reference date, in the customer's currency). Contacts are the customer's billing contacts
+(Sequence emails, CRM-made person names) plus often the champion who signed; deals are the closed-won deal that
+made the customer (closed before the customer's creation), sometimes an earlier lost one and an open renewal or
+expansion, each with its company as primary association; amounts as each app writes money (HubSpot strings,
+Salesforce JSON numbers, Attio currency values). Companies only the CRM has are prospects (open/lost deals only:
+not discrepancies) and, planted, closed-won ones: `importable` (contact email and complete address) or
+`not_importable` (field billing_email: no contact email; billing_address.postal_code). Other CRM plants, all with
+entity "customer": `missing_in_app` (no CRM company), `unlinked_candidate` (same name and domain, empty id
+field), `field_differs` with field name, billing_address.line1/.city/.postal_code, billing_status or mrr (a stale
+write-back value). The settings under "apps"."<crm>" are `sync_fields` (Sequence concept -> CRM field),
+`link_fields` (the raw column of the id field, for the unified model's links) and, for Attio, whose deals have no
+close date, `field_mappings` of its `close_date` attribute. Simplifications: HubSpot keeps no line 2 (its
+emulator has no address2); contact->company links live in the contact (associatedcompanyid, AccountId, company);
+a tenant's two CRMs hold the same companies (drawn independently); no owners, pipelines or custom stages.
+
 Everything derives from `random.Random` seeded by (seed, tenant) and a fixed reference time, so the same
 arguments give byte-identical files; Xero draws from its own stream seeded by (seed, tenant, "xero"), so
-turning it on or off never changes a QuickBooks byte, and Sequence only gains the Xero link entries. Money is
+turning it on or off never changes a QuickBooks byte, and Sequence only gains the Xero link entries. Each CRM
+draws from (seed, tenant, app) after everything else is written and writes only its own folder (Sequence stores
+no CRM ids: the CRM's id field is the link), so with or without CRMs every other file is byte-identical. Money is
 `Decimal`, rounded half-up to minor units; floats appear only when QuickBooks/Xero JSON numbers are emitted.
-Records are streamed to disk one by one, so 200k invoices fit in memory and take tens of seconds.
+Records are streamed to disk one by one, so 200k invoices fit in memory and take tens of seconds (the CRMs add
+about a fifth; Attio's verbose value objects are most of it).
 """
 
 from __future__ import annotations
@@ -59,9 +87,16 @@ import orjson
 import pycountry
 
 __all__ = [
+    "ATTIO_COLLECTIONS",
+    "CRM_APPS",
+    "CRM_COLLECTIONS",
+    "CRM_SYNC_FIELDS",
+    "CRM_TENANT_COUNTRIES",
     "DISCREPANCY_KINDS",
+    "HUBSPOT_COLLECTIONS",
     "QUICKBOOKS_COLLECTIONS",
     "REFERENCE_TIME",
+    "SALESFORCE_COLLECTIONS",
     "SEQUENCE_COLLECTIONS",
     "XERO_COLLECTIONS",
     "Discrepancy",
@@ -111,6 +146,24 @@ XERO_COLLECTIONS = (
     "currencies",
     "organisation",
 )
+HUBSPOT_COLLECTIONS = ("companies", "contacts", "deals", "associations", "properties")
+SALESFORCE_COLLECTIONS = ("Account", "Contact", "Opportunity", "FieldDefinition")
+ATTIO_COLLECTIONS = ("companies", "people", "deals", "attributes")
+CRM_COLLECTIONS = {"hubspot": HUBSPOT_COLLECTIONS, "salesforce": SALESFORCE_COLLECTIONS, "attio": ATTIO_COLLECTIONS}
+CRM_APPS = tuple(CRM_COLLECTIONS)
+# Which tenant profiles connect which CRM: the UK tenant runs HubSpot AND Attio (deals from two CRMs at once).
+CRM_TENANT_COUNTRIES = {"hubspot": frozenset({"GB"}), "salesforce": frozenset({"US"}),
+                        "attio": frozenset({"GB", "DE"})}
+CRM_LABELS = {"hubspot": "HubSpot", "salesforce": "Salesforce", "attio": "Attio"}
+# The company fields write-back keeps up to date from Sequence, per CRM (settings "apps".<crm>.sync_fields).
+CRM_SYNC_FIELDS = {
+    "hubspot": {"sequence_customer_id": "sequence_customer_id", "billing_status": "sequence_billing_status",
+                "mrr": "sequence_mrr"},
+    "salesforce": {"sequence_customer_id": "Sequence_Customer_Id__c", "billing_status": "Sequence_Billing_Status__c",
+                   "mrr": "Sequence_MRR__c"},
+    "attio": {"sequence_customer_id": "sequence_customer_id", "billing_status": "sequence_billing_status",
+              "mrr": "sequence_mrr"},
+}
 DISCREPANCY_KINDS = (
     "missing_in_app",
     "missing_in_sequence",
@@ -802,8 +855,9 @@ class _Tenant:
     """
 
     def __init__(self, slug: str, profile: _Profile, n_invoices: int, seed: int, plant: bool, out: Path,
-                 xero: bool = False) -> None:
+                 xero: bool = False, crms: tuple[str, ...] = ()) -> None:
         self.slug = slug
+        self.seed = seed
         self.p = profile
         self.n_invoices = n_invoices
         self.plant_on = plant
@@ -820,6 +874,11 @@ class _Tenant:
         self.xrng = _Random(f"ledgerlink-demo/{seed}/{slug}/xero")
         if xero:
             self.counts["xero"] = {}
+        # Each CRM draws from its own stream too (see _Crm) and changes no other app's byte.
+        self.crms = crms
+        self.crm_settings: dict[str, dict] = {}
+        for app in crms:
+            self.counts[app] = {}
         self.account_id = _uuid(self.rng)  # sequenceAccountId
         self.home = profile.currency
         self._ids: dict[str, int] = {}
@@ -872,6 +931,7 @@ class _Tenant:
         apps = [("sequence", SEQUENCE_COLLECTIONS), ("quickbooks", QUICKBOOKS_COLLECTIONS)]
         if self.xero_on:
             apps.append(("xero", XERO_COLLECTIONS))
+        apps += [(app, CRM_COLLECTIONS[app]) for app in self.crms]
         for app, names in apps:
             folder = self.out / self.slug / app
             folder.mkdir(parents=True, exist_ok=True)
@@ -913,6 +973,12 @@ class _Tenant:
             self._emit_ledger_accounts()
             if self.xero_on:
                 self._x_finish()
+            for app in self.crms:
+                crm = _Crm(self, app, plans)
+                for d in crm.run():  # numbered after every other plant of the tenant
+                    d["id"] = f"{self.slug}-{len(self.discrepancies) + 1:04d}"
+                    self.discrepancies.append(d)
+                self.crm_settings[app] = crm.settings()
         finally:
             self._close_writers()
 
@@ -2972,6 +3038,7 @@ class _Tenant:
     # ---- settings ---------------------------------------------------------------------------------------
 
     def settings(self) -> dict:
+        apps = ({"xero": self.x_settings()} if self.xero_on else {}) | self.crm_settings
         return {
             "merchant_email": self.p.merchant_email,
             "invoice_date": self.p.invoice_date,
@@ -2982,7 +3049,571 @@ class _Tenant:
             "items": self.item_settings,
             "home_currency": self.home,
             "multi_currency": self.p.multi_currency,
-        } | ({"apps": {"xero": self.x_settings()}} if self.xero_on else {})
+        } | ({"apps": apps} if apps else {})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CRMs: HubSpot, Salesforce and Attio (see the module docstring, "CRMs")
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _CrmPerson:
+    first: str
+    last: str
+    email: str | None
+    title: str
+    created_ts: int
+
+
+@dataclass(slots=True)
+class _CrmDeal:
+    name: str
+    stage: str  # won | lost | open | early (a neutral stage each CRM names its own way)
+    amount: Decimal
+    currency: str
+    close_day: int
+    created_ts: int
+    updated_ts: int
+
+
+@dataclass(slots=True)
+class _CrmCompany:
+    """One CRM company: the twin of a Sequence customer (linked or not) or a company only the CRM has."""
+
+    cust: _Customer | None
+    name: str
+    domain: str | None
+    line1: str | None
+    line2: str | None
+    city: str | None
+    state: str | None
+    postcode: str | None
+    country: str | None
+    currency: str
+    linked: bool  # the CRM's sequence_customer_id field holds the Sequence customer id
+    billing_status: str | None
+    mrr: Decimal | None
+    created_ts: int
+    updated_ts: int
+    people: list[_CrmPerson]
+    deals: list[_CrmDeal]
+
+
+_HUBSPOT_STAGES = {"won": "closedwon", "lost": "closedlost", "open": "contractsent", "early": "qualifiedtobuy"}
+_SALESFORCE_STAGES = {"won": ("Closed Won", 100, "Closed"), "lost": ("Closed Lost", 0, "Omitted"),
+                      "open": ("Negotiation/Review", 90, "Commit"), "early": ("Qualification", 20, "Pipeline")}
+_ATTIO_STAGES = {"won": "Won 🎉", "lost": "Lost", "open": "In Progress", "early": "Lead"}
+_JOB_TITLES = ("Head of Finance", "CFO", "Operations Manager", "CTO", "Procurement Lead", "VP Engineering")
+_DEAL_KINDS = {"won": ("Annual subscription", "Platform licence", "Pilot"), "lost": ("Annual subscription", "Pilot"),
+               "open": ("Renewal", "Expansion"), "early": ("Expansion", "Additional seats")}
+_SF_API = "/services/data/v62.0/sobjects"
+
+
+class _Crm:
+    """One CRM of one tenant, drawn from its own stream (seed, tenant, app), read-only on the tenant's truth."""
+
+    def __init__(self, tenant: _Tenant, app: str, plans: list[_InvoicePlan]) -> None:
+        self.t, self.app = tenant, app
+        self.rng = _Random(f"ledgerlink-demo/{tenant.seed}/{tenant.slug}/{app}")
+        self.label = CRM_LABELS[app]
+        self.fields = CRM_SYNC_FIELDS[app]
+        self.plants: list[Discrepancy] = []
+        # MRR as write-back computes it from Sequence: the net total of the customer's issued (FINAL/SENT)
+        # invoices whose issue date is within the 30 days before the reference date.
+        self.mrr: dict[str, Decimal] = {}
+        for plan in plans:
+            if plan.status in _ISSUED and plan.issue is not None and plan.issue >= _REF_DAY - 30:
+                net = sum((_money(qty * rate) for _prod, qty, rate, _title in plan.lines), _ZERO)
+                self.mrr[plan.cust.seq_id] = self.mrr.get(plan.cust.seq_id, _ZERO) + net
+
+    def _plant(self, kind: str, field: str | None, sequence_id: str | None, app_id: str | None,
+               detail: str) -> None:
+        self.plants.append({"id": "", "tenant": self.t.slug, "app": self.app, "entity": "customer", "kind": kind,
+                            "field": field, "sequence_id": sequence_id, "app_id": app_id, "detail": detail})
+
+    def _on_rng(self, fn: Callable[..., Any], *args: Any) -> Any:
+        t = self.t
+        saved, t.rng = t.rng, self.rng
+        try:
+            return fn(*args)
+        finally:
+            t.rng = saved
+
+    def _recent(self, after: int) -> int:
+        return min(_REF_TS, max(after, _REF_TS - self.rng.randint(0, WINDOW_DAYS * _DAY)))
+
+    def _person(self, email: str | None, created: int) -> _CrmPerson:
+        r = self.rng
+        return _CrmPerson(r.choice(_FIRST), r.choice(_LAST), email, r.choice(_JOB_TITLES), min(created, _REF_TS))
+
+    def _amount(self, currency: str) -> Decimal:
+        return (Decimal(self.rng.randint(24, 1200) * 50) * self.t._price_factor(currency)).quantize(_CENT)
+
+    def _deal(self, company_name: str, stage: str, currency: str, close_day: int, created: int) -> _CrmDeal:
+        r = self.rng
+        created = min(created, _REF_TS)
+        closed = stage in ("won", "lost")
+        updated = min(_REF_TS, _day_start(close_day) + r.randint(8, 18) * 3600) if closed else self._recent(created)
+        return _CrmDeal(f"{company_name} - {r.choice(_DEAL_KINDS[stage])}", stage, self._amount(currency), currency,
+                        close_day, created, max(created, updated))
+
+    # ---- the truth, then the plants -----------------------------------------------------------------------
+
+    def build(self) -> list[_CrmCompany]:
+        t, r = self.t, self.rng
+        customers = sorted((c for c in t.customers if c.role in ("core", "new", "unlinked")),
+                           key=lambda c: (c.created_ts, c.seq_id))
+        plant: dict[str, tuple[str, str | None]] = {}  # seq id -> (kind, field)
+        if t.plant_on:
+            live = [c for c in customers if c.archived_ts is None]
+            kinds: list[tuple[str, str | None]] = [("missing_in_app", None)] * (2 * t.scale)
+            for field in ("name", "billing_address.line1", "billing_address.city", "billing_address.postal_code",
+                          "billing_status", "mrr"):
+                kinds += [("field_differs", field)] * t.scale
+            kinds += [("unlinked_candidate", None)] * t.scale
+            for cust, kind in zip(r.sample(live, min(len(live), len(kinds))), kinds, strict=False):
+                plant[cust.seq_id] = kind
+        companies: list[_CrmCompany] = []
+        for cust in customers:
+            kind, field = plant.get(cust.seq_id, (None, None))
+            if kind == "missing_in_app":
+                self._plant("missing_in_app", None, cust.seq_id, None,
+                            f"Sequence customer '{cust.name}' has no {self.label} company.")
+                continue
+            company = self._twin(cust)
+            if kind == "unlinked_candidate":
+                company.linked = False
+                company.billing_status = company.mrr = None
+            elif kind == "field_differs":
+                self._bend(company, field)
+            companies.append(company)
+            if kind is not None:  # described once the company has its CRM id (run)
+                self._pending.append((len(companies) - 1, kind, field))
+        self._prospects(companies)
+        return companies
+
+    def _twin(self, cust: _Customer) -> _CrmCompany:
+        r = self.rng
+        addr = cust.address
+        created = cust.created_ts - r.randint(10, 120) * _DAY - r.randint(0, _DAY)
+        domain = cust.primary_email.split("@", 1)[1]
+        people = [self._person(contact["email"], created + r.randint(0, 20) * _DAY) for contact in cust.contacts
+                  if contact["billingPreference"] != "NONE"]
+        if r.random() < 0.6:  # the champion who signed: sales knows them, billing does not
+            person = self._person(None, created)
+            person.email = f"{_ascii_slug(person.first)}.{_ascii_slug(person.last)}@{domain}"
+            people.append(person)
+        # The won deal made them a customer: created after the company, closed before the customer existed.
+        deal_created = created + r.randint(0, 5) * _DAY
+        won = r.randint(deal_created // _DAY + _EPOCH_ORDINAL + 1, cust.created_ts // _DAY + _EPOCH_ORDINAL)
+        deals = [self._deal(cust.name, "won", cust.currency, won, deal_created)]
+        if r.random() < 0.12:
+            lost = won - r.randint(90, 300)
+            deals.insert(0, self._deal(cust.name, "lost", cust.currency, lost, _day_start(lost - r.randint(20, 60))))
+        if r.random() < 0.35:  # renewal or upsell in the pipeline
+            deals.append(self._deal(cust.name, r.choice(("open", "early")), cust.currency,
+                                    _REF_DAY + r.randint(5, 120), _REF_TS - r.randint(1, 50) * _DAY))
+        status = "archived" if cust.archived_ts is not None else "active"
+        return _CrmCompany(cust, cust.name, cust.domain, addr["line1"], addr.get("line2"), addr["town"],
+                           addr.get("state"), addr["postcode"], addr["country"], cust.currency, True, status,
+                           self.mrr.get(cust.seq_id, _ZERO), created, self._recent(cust.created_ts), people, deals)
+
+    def _bend(self, company: _CrmCompany, field: str | None) -> None:
+        r = self.rng
+        cust = company.cust
+        assert cust is not None
+        if field == "name":
+            company.name = cust.name.rsplit(" ", 1)[0]  # the legal suffix dropped, as sales people type it
+        elif field == "billing_address.line1":
+            old = company.line1 or ""
+            company.line1 = old.replace(old.split(" ")[0], str(r.randint(241, 999)), 1) \
+                if cust.country in _STREET_NUMBER_FIRST else f"{old.rsplit(' ', 1)[0]} {r.randint(241, 999)}"
+        elif field == "billing_address.city":
+            company.city = r.choice([t for t, _, _ in _PLACES[cust.country] if t != cust.address["town"]])
+        elif field == "billing_address.postal_code":
+            new = cust.address["postcode"]
+            while new == cust.address["postcode"]:
+                new = self._on_rng(self.t._address, cust.country)["postcode"]
+            company.postcode = new
+        elif field == "billing_status":
+            company.billing_status = "archived" if company.billing_status == "active" else "active"
+        else:  # mrr: last month's figure, never refreshed
+            old = company.mrr or _ZERO
+            company.mrr = _money(old * Decimal(r.choice(("0.8", "0.9", "1.25")))) if old else \
+                Decimal(r.randint(5, 80) * 100).quantize(_CENT)
+
+    def _prospects(self, companies: list[_CrmCompany]) -> None:
+        """Companies only the CRM has: prospects (no won deal: not a discrepancy), and closed-won ones."""
+        t, r = self.t, self.rng
+        taken = {c.name for c in t.customers}
+        count = max(2, len(companies) // 8)
+        variants: list[tuple[str | None, str | None]] = [(None, None)] * count
+        if t.plant_on:
+            variants += [("importable", None)] * (2 * t.scale)
+            variants += [("not_importable", f) for f in ("billing_email", "billing_address.postal_code")
+                         for _ in range(t.scale)]
+        countries, weights = zip(*t.p.customer_countries, strict=True)
+        for kind, field in variants:
+            country = r.choices(countries, weights)[0]
+            base = f"{r.choice(_NAME_A)} {r.choice(_NAME_B)}"
+            name = f"{base} {r.choice(_LEGAL_SUFFIX[country])}"
+            while name in taken:
+                name = f"{base} {r.randint(2, 999)} {r.choice(_LEGAL_SUFFIX[country])}"
+            taken.add(name)
+            domain = f"{_ascii_slug(base)}{r.randint(2, 99)}.example"
+            addr = self._on_rng(t._address, country)
+            currency = _COUNTRY_CURRENCY[country] if t.p.multi_currency else t.home
+            created = _REF_TS - r.randint(20, 400) * _DAY - r.randint(0, _DAY)
+            people = [self._person(None, created) for _ in range(r.choice((1, 1, 2)))]
+            for person in people:
+                person.email = f"{_ascii_slug(person.first)}.{_ascii_slug(person.last)}@{domain}"
+            if kind is None:
+                deals = [self._deal(name, r.choice(("open", "early", "lost")), currency,
+                                    _REF_DAY + r.randint(-60, 120), created + r.randint(1, 15) * _DAY)
+                         for _ in range(r.choice((1, 1, 2)))]
+                for deal in deals:
+                    if deal.stage == "lost":
+                        deal.close_day = min(deal.close_day, _REF_DAY - 1)
+            else:
+                won = _REF_DAY - r.randint(1, 20)
+                deals = [self._deal(name, "won", currency, won,
+                                    min(max(created, _day_start(won - 30)), _day_start(won)))]
+            company = _CrmCompany(None, name, domain, addr["line1"], addr.get("line2"), addr["town"],
+                                  addr.get("state"), addr["postcode"], country, currency, False, None, None,
+                                  created, self._recent(created), people, deals)
+            if field == "billing_email":
+                for person in people:
+                    person.email = None
+            elif field == "billing_address.postal_code":
+                company.postcode = None
+            companies.append(company)
+            if kind is not None:
+                self._pending.append((len(companies) - 1, kind, field))
+
+    def _describe(self, company: _CrmCompany, app_id: str, kind: str, field: str | None) -> None:
+        cust, label = company.cust, self.label
+        if kind == "importable":
+            self._plant(kind, None, None, app_id,
+                        f"{label} company '{company.name}' has a closed-won deal, is not a Sequence customer yet, "
+                        f"and has a contact email and a complete address (line 1, city, postal code, country).")
+        elif kind == "not_importable":
+            why = "no contact with an email" if field == "billing_email" else "no postal code"
+            self._plant(kind, field, None, app_id,
+                        f"{label} company '{company.name}' has a closed-won deal and is not a Sequence customer, "
+                        f"but has {why}.")
+        elif kind == "unlinked_candidate":
+            assert cust is not None
+            self._plant(kind, None, cust.seq_id, app_id,
+                        f"'{cust.name}' matches {label} company {app_id} by name and domain, but the company's "
+                        f"{self.fields['sequence_customer_id']} is empty.")
+        else:
+            assert cust is not None
+            seq_value, app_value = {
+                "name": (cust.name, company.name),
+                "billing_address.line1": (cust.address["line1"], company.line1),
+                "billing_address.city": (cust.address["town"], company.city),
+                "billing_address.postal_code": (cust.address["postcode"], company.postcode),
+                "billing_status": ("archived" if cust.archived_ts is not None else "active",
+                                   company.billing_status),
+                "mrr": (str(self.mrr.get(cust.seq_id, _ZERO)), str(company.mrr)),
+            }[field or ""]
+            what = self.fields.get(field or "", field)
+            self._plant(kind, field, cust.seq_id, app_id,
+                        f"Sequence '{seq_value}' vs {label} {what} '{app_value}'.")
+
+    def run(self) -> list[Discrepancy]:
+        self._pending: list[tuple[int, str, str | None]] = []  # (company index, kind, field)
+        companies = self.build()
+        ids = getattr(self, f"_{self.app}")(companies)
+        for index, kind, field in self._pending:
+            self._describe(companies[index], ids[index], kind, field)
+        # Plants in company order, after the Sequence customers missing from the CRM.
+        return self.plants
+
+    # ---- HubSpot ------------------------------------------------------------------------------------------
+
+    def _hs_time(self, ts: int) -> str:
+        return self.t.clock.seq(ts)[:-1] + ".000Z"
+
+    def _hubspot(self, companies: list[_CrmCompany]) -> list[str]:
+        t, r, w = self.t, self.rng, self.t._w
+        f = self.fields
+        next_id = {kind: r.randint(base, base * 3) for kind, base in
+                   (("companies", 5_000_000_000), ("contacts", 20_000_000_000), ("deals", 9_000_000_000))}
+
+        def new_id(kind: str) -> str:
+            next_id[kind] += r.randint(1, 40)
+            return str(next_id[kind])
+
+        write_props = w("hubspot", "properties")
+        group = "companyinformation"
+        write_props({"objectType": "companies", "name": f["sequence_customer_id"], "label": "Sequence customer id",
+                     "type": "string", "fieldType": "text", "groupName": group, "hasUniqueValue": True,
+                     "description": "The Sequence customer this company bills as (kept by Ledgerlink)."})
+        write_props({"objectType": "companies", "name": f["billing_status"], "label": "Sequence billing status",
+                     "type": "enumeration", "fieldType": "select", "groupName": group,
+                     "options": [{"label": "Active", "value": "active"}, {"label": "Archived", "value": "archived"}]})
+        write_props({"objectType": "companies", "name": f["mrr"], "label": "Sequence MRR", "type": "number",
+                     "fieldType": "number", "groupName": group,
+                     "description": "Net billed in the last 30 days, in the customer's billing currency."})
+        ids, contacts, deals, links = [], [], [], []
+        write = w("hubspot", "companies")
+        for company in companies:
+            cid = new_id("companies")
+            ids.append(cid)
+            props: dict[str, Any] = {"name": company.name}
+            if company.domain:
+                props["domain"] = company.domain
+                props["website"] = f"https://{company.domain}/"
+            if company.line1:
+                props["address"] = company.line1
+            if company.city:
+                props["city"] = company.city
+            if company.state:
+                props["state"] = company.state
+            if company.postcode:
+                props["zip"] = company.postcode
+            if company.country:
+                props["country"] = pycountry.countries.get(alpha_2=company.country).name
+            props["lifecyclestage"] = "customer" if company.cust is not None else \
+                "opportunity" if any(d.stage != "lost" for d in company.deals) else "lead"
+            if company.linked:
+                props[f["sequence_customer_id"]] = company.cust.seq_id  # type: ignore[union-attr]
+                props[f["billing_status"]] = company.billing_status
+                props[f["mrr"]] = _plain(company.mrr or _ZERO)
+            props["createdate"] = self._hs_time(company.created_ts)
+            props["hs_lastmodifieddate"] = self._hs_time(company.updated_ts)
+            props["hs_object_id"] = cid
+            write({"id": cid, "properties": props, "createdAt": props["createdate"],
+                   "updatedAt": props["hs_lastmodifieddate"], "archived": False})
+            for person in company.people:
+                contacts.append((person, cid))
+            for deal in company.deals:
+                deals.append((deal, cid))
+        write = w("hubspot", "contacts")
+        for person, cid in sorted(contacts, key=lambda pc: pc[0].created_ts):
+            pid = new_id("contacts")
+            props = {"firstname": person.first, "lastname": person.last}
+            if person.email:
+                props["email"] = person.email
+            props |= {"jobtitle": person.title, "associatedcompanyid": cid,
+                      "createdate": self._hs_time(person.created_ts)}
+            modified = self._recent(person.created_ts)
+            # Contacts keep lastmodifieddate current and hs_lastmodifieddate at creation (HubSpot's quirk).
+            props |= {"lastmodifieddate": self._hs_time(modified),
+                      "hs_lastmodifieddate": props["createdate"], "hs_object_id": pid}
+            write({"id": pid, "properties": props, "createdAt": props["createdate"],
+                   "updatedAt": props["lastmodifieddate"], "archived": False})
+        write = w("hubspot", "deals")
+        for deal, cid in sorted(deals, key=lambda dc: dc[0].created_ts):
+            did = new_id("deals")
+            props = {"dealname": deal.name, "amount": _plain(deal.amount), "deal_currency_code": deal.currency,
+                     "dealstage": _HUBSPOT_STAGES[deal.stage], "pipeline": "default",
+                     "closedate": f"{t.clock.date(deal.close_day)}T00:00:00.000Z",
+                     "createdate": self._hs_time(deal.created_ts),
+                     "hs_lastmodifieddate": self._hs_time(deal.updated_ts), "hs_object_id": did}
+            write({"id": did, "properties": props, "createdAt": props["createdate"],
+                   "updatedAt": props["hs_lastmodifieddate"], "archived": False})
+            links.append({"from": {"id": did}, "to": [{"toObjectId": cid, "associationTypes": [
+                {"category": "HUBSPOT_DEFINED", "typeId": 5, "label": "Primary"},
+                {"category": "HUBSPOT_DEFINED", "typeId": 341, "label": None}]}]})
+        write = w("hubspot", "associations")
+        for link in links:
+            write(link)
+        return ids
+
+    # ---- Salesforce ---------------------------------------------------------------------------------------
+
+    def _salesforce(self, companies: list[_CrmCompany]) -> list[str]:
+        from connectors.sandbox.salesforce import format_datetime, make_id  # the emulator's own id scheme
+
+        t, r, w, f = self.t, self.rng, self.t._w, self.fields
+        user = make_id("005", 1)
+        multi = t.p.multi_currency
+        counters = {prefix: r.randint(1_000, 90_000) for prefix in ("001", "003", "006")}
+
+        def new_id(prefix: str) -> str:
+            counters[prefix] += r.randint(1, 9)
+            return make_id(prefix, counters[prefix])
+
+        def stamp(ts: int) -> str:
+            return format_datetime(ts * 1000)
+
+        def system(sobject: str, rid: str, created: int, updated: int) -> dict:
+            return {"attributes": {"type": sobject, "url": f"{_SF_API}/{sobject}/{rid}"}, "Id": rid,
+                    "IsDeleted": False, "OwnerId": user, "CreatedDate": stamp(created), "CreatedById": user,
+                    "LastModifiedDate": stamp(updated), "LastModifiedById": user, "SystemModstamp": stamp(updated)}
+
+        write = w("salesforce", "FieldDefinition")
+        write({"sobject": "Account", "name": f["sequence_customer_id"], "type": "string", "externalId": True,
+               "unique": True, "required": False})
+        write({"sobject": "Account", "name": f["billing_status"], "type": "picklist", "externalId": False,
+               "unique": False, "required": False})
+        write({"sobject": "Account", "name": f["mrr"], "type": "currency", "externalId": False, "unique": False,
+               "required": False})
+        ids, contacts, deals = [], [], []
+        write = w("salesforce", "Account")
+        for company in companies:
+            aid = new_id("001")
+            ids.append(aid)
+            record = system("Account", aid, company.created_ts, company.updated_ts)
+            record["Name"] = company.name
+            record["Type"] = "Customer" if company.cust is not None else "Prospect"
+            if company.domain:
+                record["Website"] = f"https://{company.domain}/"
+            street = "\n".join(s for s in (company.line1, company.line2) if s) or None
+            country = pycountry.countries.get(alpha_2=company.country).name if company.country else None
+            parts = {"street": street, "city": company.city, "state": company.state,
+                     "postalCode": company.postcode, "country": country}
+            record |= {"BillingStreet": street, "BillingCity": company.city, "BillingState": company.state,
+                       "BillingPostalCode": company.postcode, "BillingCountry": country, "BillingLatitude": None,
+                       "BillingLongitude": None, "BillingGeocodeAccuracy": None,
+                       "BillingAddress": {**parts, "latitude": None, "longitude": None, "geocodeAccuracy": None}}
+            if multi:
+                record["CurrencyIsoCode"] = company.currency
+            record[f["sequence_customer_id"]] = company.cust.seq_id if company.linked else None  # type: ignore
+            record[f["billing_status"]] = company.billing_status
+            record[f["mrr"]] = float(company.mrr) if company.mrr is not None else None
+            write(record)
+            contacts += [(person, aid) for person in company.people]
+            deals += [(deal, aid) for deal in company.deals]
+        write = w("salesforce", "Contact")
+        for person, aid in sorted(contacts, key=lambda pc: pc[0].created_ts):
+            cid = new_id("003")
+            record = system("Contact", cid, person.created_ts, self._recent(person.created_ts))
+            record |= {"AccountId": aid, "FirstName": person.first, "LastName": person.last,
+                       "Name": f"{person.first} {person.last}", "Email": person.email, "Title": person.title}
+            write(record)
+        write = w("salesforce", "Opportunity")
+        for deal, aid in sorted(deals, key=lambda dc: dc[0].created_ts):
+            oid = new_id("006")
+            stage, probability, forecast = _SALESFORCE_STAGES[deal.stage]
+            record = system("Opportunity", oid, deal.created_ts, deal.updated_ts)
+            record |= {"AccountId": aid, "Name": deal.name, "StageName": stage, "Amount": float(deal.amount),
+                       "CloseDate": t.clock.date(deal.close_day), "Probability": probability,
+                       "IsClosed": deal.stage in ("won", "lost"), "IsWon": deal.stage == "won",
+                       "ForecastCategoryName": forecast,
+                       "Type": "Existing Business" if deal.name.endswith(("Renewal", "Expansion", "Additional seats"))
+                       else "New Business"}
+            if multi:
+                record["CurrencyIsoCode"] = deal.currency
+            write(record)
+        return ids
+
+    # ---- Attio --------------------------------------------------------------------------------------------
+
+    def _attio(self, companies: list[_CrmCompany]) -> list[str]:
+        from connectors.sandbox import attio  # the emulator's own ids, statuses and value shapes
+
+        t, r, w, f = self.t, self.rng, self.t._w, self.fields
+        definitions = [
+            {"object": "companies", "api_slug": f["sequence_customer_id"], "title": "Sequence customer id",
+             "type": "text", "is_unique": True},
+            {"object": "companies", "api_slug": f["billing_status"], "title": "Sequence billing status",
+             "type": "select", "options": ["active", "archived"]},
+            {"object": "companies", "api_slug": f["mrr"], "title": "Sequence MRR", "type": "currency",
+             "default_currency_code": t.home},
+            {"object": "deals", "api_slug": "value", "title": "Deal value", "type": "currency",
+             "default_currency_code": t.home},
+            {"object": "deals", "api_slug": "close_date", "title": "Close date", "type": "date"},
+        ]
+        write = w("attio", "attributes")
+        for definition in definitions:
+            write(definition)
+        ws = attio._Workspace(t.slug, {"attributes": definitions})
+        member = {"type": "workspace-member", "id": _uuid(r)}
+        parser = attio._Values(ws, member)
+
+        def at(ts: int) -> str:
+            return t.clock.seq(ts)[:-1] + f".{r.randint(0, 999_999):06d}000Z"
+
+        # Per object: (slug, type, attribute) in the emulator's order; every record lists every attribute.
+        columns = {slug: [(key, a.type, a) for key, a in ws.attributes[slug].items()] for slug in ws.attributes}
+        created_by = {"referenced_actor_type": "workspace-member", "referenced_actor_id": member["id"]}
+
+        def payloads(kind: str, attribute: Any, raw: Any) -> list[dict]:
+            # The hot types built directly (same shapes as the emulator's parser, which does the rest).
+            if kind in ("text", "date"):
+                return [{"value": raw}]
+            if kind == "record-reference":
+                return [{"target_object": attribute.target, "target_record_id": v} for v in raw]
+            if kind in ("select", "status"):
+                return [{"option" if kind == "select" else "status": attribute.choices[raw]}]
+            if kind == "currency":
+                return [raw]
+            return parser.parse(attribute, raw)
+
+        def record(slug: str, rid: str, created: int, raw: dict[str, Any]) -> dict:
+            created_at = at(created)
+            values: dict[str, list] = {}
+            for key, kind, attribute in columns[slug]:
+                if key == "record_id":
+                    found = [{"value": rid}]
+                elif key == "created_at":
+                    found = [{"value": created_at}]
+                elif key == "created_by":
+                    found = [created_by]
+                elif raw.get(key) is None:
+                    values[key] = []
+                    continue
+                else:
+                    found = payloads(kind, attribute, raw[key])
+                values[key] = [{"active_from": created_at, "active_until": None, "created_by_actor": member, **p,
+                                "attribute_type": kind} for p in found]
+            return {"id": {"workspace_id": ws.workspace_id, "object_id": ws.object_ids[slug], "record_id": rid},
+                    "created_at": created_at, "web_url": f"https://app.attio.com/{t.slug}/{slug}/{rid}",
+                    "values": values}
+
+        ids, people, deals = [], [], []
+        write = w("attio", "companies")
+        for company in companies:
+            rid = _uuid(r)
+            ids.append(rid)
+            location = None
+            if company.line1 or company.city or company.country:
+                location = {"line_1": company.line1, "line_2": company.line2, "line_3": None, "line_4": None,
+                            "locality": company.city, "region": company.state, "postcode": company.postcode,
+                            "country_code": company.country, "latitude": None, "longitude": None}
+            raw: dict[str, Any] = {"name": company.name, "primary_location": location,
+                                   "domains": [company.domain] if company.domain else None}
+            if company.linked:
+                raw[f["sequence_customer_id"]] = company.cust.seq_id  # type: ignore[union-attr]
+                raw[f["billing_status"]] = company.billing_status
+                raw[f["mrr"]] = {"currency_value": float(company.mrr or _ZERO), "currency_code": company.currency}
+            write(record("companies", rid, company.created_ts, raw))
+            people += [(person, rid) for person in company.people]
+            deals += [(deal, rid) for deal in company.deals]
+        write = w("attio", "people")
+        people_of: dict[str, list[str]] = {}
+        for person, company_id in sorted(people, key=lambda pc: pc[0].created_ts):
+            pid = _uuid(r)
+            people_of.setdefault(company_id, []).append(pid)
+            write(record("people", pid, person.created_ts, {
+                "name": {"first_name": person.first, "last_name": person.last},
+                "email_addresses": [person.email] if person.email else None, "job_title": person.title,
+                "company": [company_id]}))
+        write = w("attio", "deals")
+        for deal, company_id in sorted(deals, key=lambda dc: dc[0].created_ts):
+            write(record("deals", _uuid(r), deal.created_ts, {
+                "name": deal.name, "stage": _ATTIO_STAGES[deal.stage],
+                "value": {"currency_value": float(deal.amount), "currency_code": deal.currency},
+                "associated_company": [company_id], "associated_people": people_of.get(company_id, [])[:1] or None,
+                "close_date": t.clock.date(deal.close_day)}))
+        return ids
+
+    def settings(self) -> dict:
+        """The CRM connection's own settings: which company fields write-back keeps, where the link lives."""
+        link_column = {"hubspot": f"properties__{self.fields['sequence_customer_id']}",
+                       "salesforce": self.fields["sequence_customer_id"].lower().replace("__c", "_c"),
+                       "attio": self.fields["sequence_customer_id"]}[self.app]
+        out: dict[str, Any] = {"sync_fields": dict(self.fields),
+                               "link_fields": {self.app: {"company": {"sequence": link_column}}},
+                               # MRR is measured over the 30 days before this date (the data's own "today")
+                               "mrr_as_of": REFERENCE_TIME.date().isoformat()}
+        if self.app == "attio":  # Attio deals have no close date: the workspace's own attribute is mapped
+            out["field_mappings"] = {"attio": {"deal": {"close_date": "close_date"}}}
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -2993,16 +3624,18 @@ class _Tenant:
 _PARALLEL_FROM = 20_000  # below this many invoices, starting worker processes costs more than it saves
 
 
-def _generate_tenant(job: tuple[str, int, int, int, bool, str, bool]) -> tuple[dict, list[Discrepancy], dict]:
+def _generate_tenant(job: tuple[str, int, int, int, bool, str, bool, tuple[str, ...]]
+                     ) -> tuple[dict, list[Discrepancy], dict]:
     """One tenant's folder; a top-level function so worker processes can run it."""
-    slug, profile_index, share, seed, discrepancies, out_dir, xero = job
-    tenant = _Tenant(slug, _PROFILES[profile_index], share, seed, discrepancies, Path(out_dir), xero)
+    slug, profile_index, share, seed, discrepancies, out_dir, xero, crms = job
+    tenant = _Tenant(slug, _PROFILES[profile_index], share, seed, discrepancies, Path(out_dir), xero, crms)
     tenant.run()
     return tenant.counts, tenant.discrepancies, tenant.settings()
 
 
 def generate(out_dir: Path, *, invoices: int = 300, seed: int = 7, tenants: int = 3,
-             discrepancies: bool = True, workers: int | None = None, xero: bool = True) -> Manifest:
+             discrepancies: bool = True, workers: int | None = None, xero: bool = True, hubspot: bool = True,
+             salesforce: bool = True, attio: bool = True) -> Manifest:
     """Write a sandbox fixture set to `out_dir` and return its manifest (also written as manifest.json).
 
     `invoices` is the total number of Sequence invoices across all tenants. Same arguments, same bytes.
@@ -3012,6 +3645,10 @@ def generate(out_dir: Path, *, invoices: int = 300, seed: int = 7, tenants: int 
     `xero`: the UK and DE tenants also connect Xero (<tenant>/xero/, Xero links on their Sequence records,
     settings under "apps"."xero", Xero plants with app "xero"). Xero has its own random stream, so QuickBooks
     output is byte-identical either way, and Sequence output differs only by the appended Xero link entries.
+    `hubspot`, `salesforce`, `attio`: the CRMs of CRM_TENANT_COUNTRIES (UK: HubSpot and Attio, US: Salesforce,
+    DE: Attio) under <tenant>/<crm>/, settings under "apps"."<crm>", CRM plants with app "<crm>" numbered last.
+    Each CRM has its own random stream and writes nothing outside its folder, so every other file is
+    byte-identical with or without it (only manifest.json and settings.json gain its entries).
     """
     if invoices < 0 or tenants < 1:
         raise ValueError("invoices must be >= 0 and tenants >= 1")
@@ -3021,8 +3658,11 @@ def generate(out_dir: Path, *, invoices: int = 300, seed: int = 7, tenants: int 
     slugs = tenant_slugs(tenants)
     manifest: Manifest = {"seed": seed, "invoices": invoices, "reference_date": REFERENCE_TIME.isoformat(),
                           "tenants": slugs, "counts": {}, "discrepancies": []}
+    wanted = {"hubspot": hubspot, "salesforce": salesforce, "attio": attio}
     jobs = [(slug, index % 3, invoices // tenants + (1 if index < invoices % tenants else 0), seed, discrepancies,
-             str(out_dir), xero and _PROFILES[index % 3].country in XERO_TENANT_COUNTRIES)
+             str(out_dir), xero and _PROFILES[index % 3].country in XERO_TENANT_COUNTRIES,
+             tuple(app for app in CRM_APPS
+                   if wanted[app] and _PROFILES[index % 3].country in CRM_TENANT_COUNTRIES[app]))
             for index, slug in enumerate(slugs)]
     if workers is None:
         workers = min(len(jobs), os.cpu_count() or 1) if invoices >= _PARALLEL_FROM else 1
@@ -3058,19 +3698,25 @@ def _remove_previous_output(out_dir: Path) -> None:
 
 
 def main(argv: Seq[str] | None = None) -> int:
-    """CLI: python -m connectors.sandbox.demo_data OUT [--invoices N] [--seed S] [--tenants T] [--clean]."""
+    """CLI: python -m connectors.sandbox.demo_data OUT [--invoices N] [--seed S] [--tenants T] [--clean]
+    [--no-xero] [--no-crm | --no-hubspot --no-salesforce --no-attio]."""
     parser = argparse.ArgumentParser(prog="python -m connectors.sandbox.demo_data",
-                                     description="Write deterministic Sequence + QuickBooks sandbox fixtures.")
+                                     description="Write deterministic Sequence, QuickBooks, Xero and CRM sandbox "
+                                                 "fixtures.")
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--invoices", type=int, default=300, help="Sequence invoices across all tenants")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--tenants", type=int, default=3)
     parser.add_argument("--clean", action="store_true", help="plant no discrepancies (both apps agree)")
     parser.add_argument("--no-xero", action="store_true", help="QuickBooks only (no Xero for the UK/DE tenants)")
+    parser.add_argument("--no-crm", action="store_true", help="no CRM at all (HubSpot, Salesforce, Attio)")
+    for app in CRM_APPS:
+        parser.add_argument(f"--no-{app}", action="store_true", help=f"no {CRM_LABELS[app]} fixtures")
     args = parser.parse_args(argv)
+    crms = {app: not (args.no_crm or getattr(args, f"no_{app}")) for app in CRM_APPS}
     started = time.perf_counter()
     manifest = generate(args.out, invoices=args.invoices, seed=args.seed, tenants=args.tenants,
-                        discrepancies=not args.clean, xero=not args.no_xero)
+                        discrepancies=not args.clean, xero=not args.no_xero, **crms)
     elapsed = time.perf_counter() - started
     print(f"wrote {len(manifest['tenants'])} tenants ({', '.join(manifest['tenants'])}) to {args.out}: "
           f"{args.invoices} Sequence invoices, {len(manifest['discrepancies'])} planted discrepancies "

@@ -31,6 +31,7 @@ from connectors.sandbox import identity
 
 TENANT = "bench"
 PORT = 8790
+TIMEOUT = 120  # a page can take seconds to answer on a CPU-contended machine (httpx's default is 5 s)
 
 
 def make_fixtures(root: Path, invoices: int) -> None:
@@ -71,7 +72,7 @@ def access_token(url: str) -> str:
     response = httpx.post(
         f"{url}/oauth2/v1/tokens/bearer",
         data={"grant_type": "refresh_token", "refresh_token": identity.quickbooks_initial_refresh_token(TENANT)},
-        auth=(identity.QUICKBOOKS_CLIENT_ID, identity.QUICKBOOKS_CLIENT_SECRET),
+        auth=(identity.QUICKBOOKS_CLIENT_ID, identity.QUICKBOOKS_CLIENT_SECRET), timeout=TIMEOUT,
     )
     response.raise_for_status()
     _TOKENS.update(response.json())
@@ -162,7 +163,8 @@ def run_floor(url: str, total: int) -> dict:
     realm = identity.quickbooks_realm_id(TENANT)
     started = time.perf_counter()
     fetched = parsed = 0.0
-    with httpx.Client(base_url=f"{url}/v3/company/{realm}/", headers={"Authorization": f"Bearer {token}"}) as client:
+    with httpx.Client(base_url=f"{url}/v3/company/{realm}/", headers={"Authorization": f"Bearer {token}"},
+                      timeout=TIMEOUT) as client:
         for start in range(1, total + 1, 1000):
             t0 = time.perf_counter()
             body = client.get("query", params={"minorversion": 75, "query": f"select * from Invoice ORDERBY Id "
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             total = httpx.get(f"{url}/v3/company/{identity.quickbooks_realm_id(TENANT)}/query",
                               params={"query": "select count(*) from Invoice", "minorversion": 75},
-                              headers={"Authorization": f"Bearer {access_token(url)}"}).json()
+                              headers={"Authorization": f"Bearer {access_token(url)}"}, timeout=TIMEOUT).json()
             invoices = total["QueryResponse"]["totalCount"]
             print(f"emulator ready with {invoices} invoices; floor ...", flush=True)
             floor = run_floor(url, invoices)

@@ -2,7 +2,8 @@
 
 Side by side, in one run, from the same two parquet files per size:
   ledgerlink   the reconcile step's diff: `assets.reconcile.mismatches.field_mismatches` (Polars lazy), called as
-               the reconciliation calls it, plus its anti joins for records on one side only
+               the reconciliation calls it; the pairs found once (`linked_rows`, hashed keys checked on the real
+               ones) and the records on one side only as the rows no pair names
   DuckDB SQL   plain SQL: full outer join on the link, one UNION ALL branch per field, IS DISTINCT FROM on
                normalised values, reading the parquet files directly with all threads
   DuckDB SQL + pre-check   the same, given the shortcut ledgerlink's diff takes (only pairs whose raw values
@@ -221,11 +222,10 @@ def run_ledgerlink(sequence_path: Path, quickbooks_path: Path) -> pl.DataFrame:
     settled, the pairs of reconcile.links found once (`linked_rows`: row numbers into both sides), `field_mismatches`
     over them, the records in no pair as the rows those numbers leave out (where the first version ran a semi join
     and two anti joins on string keys), every column of reconcile.mismatches built (reasons included)."""
-    from assets.reconcile.mismatches import field_mismatches, linked_rows, unpaired
-    from assets.reconcile.rules import clean_text
+    from assets.reconcile.mismatches import _document_subject, field_mismatches, linked_rows, unpaired
 
-    subject = pl.concat_str([pl.lit("Invoice "), pl.coalesce(clean_text(pl.col("number")), pl.col("id"))])
-    sequence = pl.read_parquet(sequence_path).with_columns(_subject=subject)
+    # the subject naming each invoice in reasons, as the reconciliation settles it ("Invoice INV-00000042")
+    sequence = pl.read_parquet(sequence_path).with_columns(_subject=_document_subject("invoice"))
     app = pl.read_parquet(quickbooks_path)
     # reconcile.links for these invoices (what Sequence stores: its linkedServices); a link pairs where the twin exists
     links = sequence.lazy().filter(pl.col("app_id").is_not_null()).select(

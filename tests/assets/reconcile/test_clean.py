@@ -41,5 +41,8 @@ def test_every_synced_record_is_linked(run):
 def test_history_records_the_run_even_when_it_found_nothing(run):
     _, _, history = run
     assert set(history.columns) == {"tenant", "app", "kind", "count", "at"}
-    assert history.height == 3 * history["kind"].n_unique() and history["count"].sum() == 0
+    # 3 QuickBooks + 2 Xero (UK and DE) + 4 CRMs (UK: HubSpot and Attio, US: Salesforce, DE: Attio)
+    connections = history.select("tenant", "app").n_unique()
+    assert connections == 9 and history.height == connections * history["kind"].n_unique()
+    assert history["count"].sum() == 0
     assert history["at"].n_unique() == 1

@@ -5,6 +5,7 @@ import duckdb
 import polars as pl
 import pytest
 
+from assets.reconcile.assets import RECONCILED_APPS
 from connectors.sandbox.demo_data import generate
 
 KEY = ["tenant", "app", "entity", "kind", "field", "sequence_id", "app_id"]
@@ -23,7 +24,10 @@ def run(extraction, reconciled):
     tables = reconciled
     result = tables["result"]
     mismatches, links = tables["mismatches"], tables["links"]
-    planted = pl.DataFrame(extraction.manifest["discrepancies"]).select(*KEY, "detail")
+    # only the apps reconciliation covers (accounting apps and CRMs)
+    covered = [d for d in extraction.manifest["discrepancies"]
+               if d["app"] in RECONCILED_APPS or d["app"] == "sequence"]
+    planted = pl.DataFrame(covered).select(*KEY, "detail")
     return extraction, result, mismatches, links, planted
 
 
@@ -82,7 +86,8 @@ def test_candidates_are_proposed_not_linked(run):
 def test_links_come_from_what_sequence_stores_and_the_settings(run):
     _, _, _, links, _ = run
     methods = dict(links.group_by("entity").agg(pl.col("method").unique().sort()).iter_rows())
-    assert methods == {"customer": ["integration_id"], "invoice": ["linked_service"],
+    # customers: Sequence's integration ids, and the CRM companies' own Sequence customer id field
+    assert methods == {"customer": ["app_field", "integration_id"], "invoice": ["linked_service"],
                        "credit_note": ["linked_service"], "invoice_line": ["external_id"],
                        "credit_note_line": ["external_id"], "product": ["settings"], "tax_category": ["settings"]}
     assert links.select("tenant", "app", "entity", "sequence_id", "app_id").is_duplicated().sum() == 0

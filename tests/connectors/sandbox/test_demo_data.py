@@ -13,12 +13,17 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
+import pycountry
 import pytest
 import xmlschema
 from jsonschema import Draft7Validator
 
 from connectors.sandbox.demo_data import (
+    CRM_APPS,
+    CRM_COLLECTIONS,
+    CRM_SYNC_FIELDS,
     DISCREPANCY_KINDS,
     QUICKBOOKS_COLLECTIONS,
     REFERENCE_TIME,
@@ -29,8 +34,11 @@ from connectors.sandbox.demo_data import (
     main,
     tenant_slugs,
 )
+from connectors.sandbox import identity
+from connectors.sandbox.launcher import start_sandbox
 
 SPECS = Path("/work/shared/specs")
+NO_CRM = {"hubspot": False, "salesforce": False, "attio": False}
 INVOICES = 270
 SEED = 11
 
@@ -89,7 +97,7 @@ def _invalid_records(manifest: dict) -> set[tuple[str, str, str | None]]:
 def dirty(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Data]:
     root = tmp_path_factory.mktemp("dirty")
     # QuickBooks only: the Xero side is checked by the tests at the end (on fixtures with Xero on)
-    returned = generate(root, invoices=INVOICES, seed=SEED, xero=False)
+    returned = generate(root, invoices=INVOICES, seed=SEED, xero=False, **NO_CRM)
     loaded = _load(root)
     assert returned == loaded[0]
     return loaded
@@ -98,7 +106,7 @@ def dirty(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Data]:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Data]:
     root = tmp_path_factory.mktemp("clean")
-    generate(root, invoices=INVOICES, seed=SEED, discrepancies=False, xero=False)
+    generate(root, invoices=INVOICES, seed=SEED, discrepancies=False, xero=False, **NO_CRM)
     return _load(root)
 
 
@@ -827,19 +835,29 @@ def _xload(root: Path) -> tuple[dict, dict, Data]:
 
 
 @pytest.fixture(scope="module")
-def xdirty(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Data]:
+def xdirty_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every app on (Xero and the CRMs): the default."""
     root = tmp_path_factory.mktemp("xdirty")
     returned = generate(root, invoices=INVOICES, seed=SEED)
-    loaded = _xload(root)
-    assert returned == loaded[0]
-    return loaded
+    assert returned == orjson.loads((root / "manifest.json").read_bytes())
+    return root
 
 
 @pytest.fixture(scope="module")
-def xclean(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Data]:
+def xdirty(xdirty_root: Path) -> tuple[dict, dict, Data]:
+    return _xload(xdirty_root)
+
+
+@pytest.fixture(scope="module")
+def xclean_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("xclean")
     generate(root, invoices=INVOICES, seed=SEED, discrepancies=False)
-    return _xload(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def xclean(xclean_root: Path) -> tuple[dict, dict, Data]:
+    return _xload(xclean_root)
 
 
 def _xd(value: Any) -> Decimal:
@@ -876,8 +894,8 @@ def _array_bytes(records: list) -> bytes:
 def test_xero_leaves_quickbooks_byte_identical_and_only_adds_links_to_sequence(tmp_path: Path) -> None:
     for discrepancies in (True, False):
         off, on = tmp_path / f"off{discrepancies}", tmp_path / f"on{discrepancies}"
-        generate(off, invoices=150, seed=5, tenants=4, discrepancies=discrepancies, xero=False)
-        generate(on, invoices=150, seed=5, tenants=4, discrepancies=discrepancies)
+        generate(off, invoices=150, seed=5, tenants=4, discrepancies=discrepancies, xero=False, **NO_CRM)
+        generate(on, invoices=150, seed=5, tenants=4, discrepancies=discrepancies, **NO_CRM)
         before, after = _tree_bytes(off), _tree_bytes(on)
         assert not any("/xero/" in name for name in before)
         xero_files = {name for name in after if "/xero/" in name}
@@ -1245,3 +1263,286 @@ def test_xero_records_match_the_openapi_schemas(xdirty: tuple[dict, dict, Data])
                     assert errors, record  # the planted contract-breaking record (a locale-formatted Total)
                     continue
                 assert not errors, (tenant, collection, errors[:5])
+
+
+# ----- CRMs: HubSpot, Salesforce, Attio -------------------------------------------------------------------------
+
+CRM_TENANTS = {"acme-uk": {"hubspot", "attio"}, "globex-us": {"salesforce"}, "nordwind-de": {"attio"}}
+COUNTRY_BY_NAME = {c.name: c.alpha_2 for c in pycountry.countries}
+
+
+def _crm_load(root: Path, tenant: str, app: str) -> dict[str, list[dict]]:
+    return {c: orjson.loads((root / tenant / app / f"{c}.json").read_bytes()) for c in CRM_COLLECTIONS[app]}
+
+
+def _attio_first(values: dict, slug: str, field: str = "value") -> Any:
+    found = values.get(slug) or []
+    return found[0].get(field) if found else None
+
+
+def _crm_view(app: str, raw: dict[str, list[dict]]) -> dict[str, Any]:
+    """One shape for the three CRMs: companies by id, deals (company id, won/lost/open, amount), contact emails."""
+    f = CRM_SYNC_FIELDS[app]
+    companies, deals, emails = {}, [], {}
+    if app == "hubspot":
+        for c in raw["companies"]:
+            p = c["properties"]
+            assert all(isinstance(v, str) for v in p.values()), p  # every HubSpot property value is a string
+            companies[c["id"]] = {
+                "name": p["name"], "domain": p.get("domain"), "line1": p.get("address"), "city": p.get("city"),
+                "postcode": p.get("zip"), "country": COUNTRY_BY_NAME.get(p.get("country")),
+                "seq_id": p.get(f["sequence_customer_id"]), "status": p.get(f["billing_status"]),
+                "mrr": Decimal(p[f["mrr"]]) if p.get(f["mrr"]) is not None else None}
+        primary = {link["from"]["id"]: link["to"][0]["toObjectId"] for link in raw["associations"]}
+        for d in raw["deals"]:
+            p = d["properties"]
+            stage = {"closedwon": "won", "closedlost": "lost"}.get(p["dealstage"], "open")
+            deals.append((primary[d["id"]], stage, Decimal(p["amount"]), p["closedate"][:10]))
+        for person in raw["contacts"]:
+            emails.setdefault(person["properties"]["associatedcompanyid"], []).append(
+                person["properties"].get("email"))
+    elif app == "salesforce":
+        for a in raw["Account"]:
+            companies[a["Id"]] = {
+                "name": a["Name"], "domain": (a.get("Website") or "").removeprefix("https://").rstrip("/") or None,
+                "line1": (a["BillingStreet"] or "").split("\n")[0] or None, "city": a["BillingCity"],
+                "postcode": a["BillingPostalCode"], "country": COUNTRY_BY_NAME.get(a["BillingCountry"]),
+                "seq_id": a[f["sequence_customer_id"]], "status": a[f["billing_status"]],
+                "mrr": Decimal(str(a[f["mrr"]])) if a[f["mrr"]] is not None else None}
+            assert a["BillingAddress"]["postalCode"] == a["BillingPostalCode"]  # compound and components agree
+        for o in raw["Opportunity"]:
+            stage = "won" if o["IsWon"] else "lost" if o["IsClosed"] else "open"
+            assert o["IsWon"] == (o["StageName"] == "Closed Won")
+            deals.append((o["AccountId"], stage, Decimal(str(o["Amount"])), o["CloseDate"]))
+        for person in raw["Contact"]:
+            emails.setdefault(person["AccountId"], []).append(person["Email"])
+    else:
+        for c in raw["companies"]:
+            v = c["values"]
+            assert all(isinstance(items, list) for items in v.values())  # values are arrays of value objects
+            location = (v.get("primary_location") or [{}])[0]
+            mrr = _attio_first(v, f["mrr"], "currency_value")
+            companies[c["id"]["record_id"]] = {
+                "name": _attio_first(v, "name"), "domain": _attio_first(v, "domains", "domain"),
+                "line1": location.get("line_1"), "city": location.get("locality"),
+                "postcode": location.get("postcode"), "country": location.get("country_code"),
+                "seq_id": _attio_first(v, f["sequence_customer_id"]),
+                "status": (_attio_first(v, f["billing_status"], "option") or {}).get("title"),
+                "mrr": Decimal(str(mrr)) if mrr is not None else None}
+        for d in raw["deals"]:
+            v = d["values"]
+            title = _attio_first(v, "stage", "status")["title"]
+            stage = {"Won 🎉": "won", "Lost": "lost"}.get(title, "open")
+            deals.append((_attio_first(v, "associated_company", "target_record_id"), stage,
+                          Decimal(str(_attio_first(v, "value", "currency_value"))), _attio_first(v, "close_date")))
+        for person in raw["people"]:
+            v = person["values"]
+            emails.setdefault(_attio_first(v, "company", "target_record_id"), []).append(
+                _attio_first(v, "email_addresses", "email_address"))
+    return {"companies": companies, "deals": deals, "emails": emails}
+
+
+def _sequence_truth(seq: dict[str, list[dict]]) -> tuple[dict[str, dict], dict[str, Decimal]]:
+    """Sequence customers by id and their MRR as the generator defines it (net billed, issued, last 30 days)."""
+    customers = {c["id"]: c for c in seq["customers"]}
+    since = (REFERENCE_TIME - timedelta(days=30)).date().isoformat()
+    mrr: dict[str, Decimal] = {}
+    for invoice in seq["invoices"]:
+        if invoice["status"] in ("FINAL", "SENT") and invoice.get("issueDate", "") >= since:
+            mrr[invoice["customerId"]] = mrr.get(invoice["customerId"], Decimal(0)) + Decimal(invoice["netTotal"])
+    return customers, mrr
+
+
+def _expected_status(customer: dict) -> str:
+    return "archived" if customer.get("archivedAt") else "active"
+
+
+def test_crm_files_exist_for_the_right_tenants_and_counts_match(xdirty_root: Path) -> None:
+    manifest = orjson.loads((xdirty_root / "manifest.json").read_bytes())
+    settings = orjson.loads((xdirty_root / "settings.json").read_bytes())
+    for tenant in manifest["tenants"]:
+        present = {app for app in CRM_APPS if (xdirty_root / tenant / app).is_dir()}
+        assert present == CRM_TENANTS[tenant], tenant
+        assert set(manifest["counts"][tenant]) & set(CRM_APPS) == present
+        for app in present:
+            raw = _crm_load(xdirty_root, tenant, app)
+            assert manifest["counts"][tenant][app] == {c: len(r) for c, r in raw.items()}
+            assert all(raw[c] for c in CRM_COLLECTIONS[app]), (tenant, app)
+            own = settings[tenant]["apps"][app]
+            assert own["sync_fields"] == CRM_SYNC_FIELDS[app]
+            assert set(own["link_fields"]) == {app}
+
+
+def test_crms_change_no_other_byte_and_each_flag_works_alone(tmp_path: Path) -> None:
+    off, on, hubspot_off = tmp_path / "off", tmp_path / "on", tmp_path / "no-hubspot"
+    generate(off, invoices=150, seed=5, tenants=4, **NO_CRM)
+    generate(on, invoices=150, seed=5, tenants=4)
+    generate(hubspot_off, invoices=150, seed=5, tenants=4, hubspot=False)
+    before, after, partial = _tree_bytes(off), _tree_bytes(on), _tree_bytes(hubspot_off)
+    crm_files = {n for n in after if n.split("/")[1:2] and n.split("/")[1] in CRM_APPS}
+    assert {(n.split("/")[0], n.split("/")[1]) for n in crm_files} == {
+        ("acme-uk", "hubspot"), ("acme-uk", "attio"), ("globex-us", "salesforce"), ("nordwind-de", "attio"),
+        ("acme-uk-2", "hubspot"), ("acme-uk-2", "attio")}
+    assert before.keys() == after.keys() - crm_files
+    for name, content in before.items():
+        if name not in ("manifest.json", "settings.json"):
+            assert after[name] == content, name
+    assert partial.keys() == after.keys() - {n for n in crm_files if "/hubspot/" in n}
+    assert all(partial[n] == after[n] for n in partial if "/attio/" in n or "/salesforce/" in n)
+    m_off, m_on = orjson.loads(before["manifest.json"]), orjson.loads(after["manifest.json"])
+    assert [d for d in m_on["discrepancies"] if d["app"] not in CRM_APPS] == m_off["discrepancies"]
+    for tenant, apps in m_off["counts"].items():
+        assert {a: c for a, c in m_on["counts"][tenant].items() if a not in CRM_APPS} == apps
+    s_off, s_on = orjson.loads(before["settings.json"]), orjson.loads(after["settings.json"])
+    for tenant, body in s_on.items():
+        apps = {a: v for a, v in body.get("apps", {}).items() if a not in CRM_APPS}
+        assert {k: v for k, v in body.items() if k != "apps"} | ({"apps": apps} if apps else {}) == s_off[tenant]
+    # The CLI switch gives the same bytes as the flags.
+    cli = tmp_path / "cli"
+    assert main([str(cli), "--invoices", "150", "--seed", "5", "--tenants", "4", "--no-crm"]) == 0
+    assert _tree_bytes(cli) == before
+
+
+def test_clean_crms_agree_with_sequence(xclean_root: Path) -> None:
+    manifest = orjson.loads((xclean_root / "manifest.json").read_bytes())
+    assert manifest["discrepancies"] == []
+    for tenant, apps in CRM_TENANTS.items():
+        seq = {c: orjson.loads((xclean_root / tenant / "sequence" / f"{c}.json").read_bytes())
+               for c in ("customers", "invoices")}
+        customers, mrr = _sequence_truth(seq)
+        active = {cid for cid, c in customers.items() if c["status"] != "DRAFT"}
+        for app in apps:
+            view = _crm_view(app, _crm_load(xclean_root, tenant, app))
+            linked = {c["seq_id"]: (cid, c) for cid, c in view["companies"].items() if c["seq_id"]}
+            assert set(linked) == active, (tenant, app)  # every Sequence customer, once
+            won_by_company = {d[0] for d in view["deals"] if d[1] == "won"}
+            for seq_id, (cid, company) in linked.items():
+                customer = customers[seq_id]
+                address = customer["address"]
+                assert (company["name"], company["line1"], company["city"], company["postcode"],
+                        company["country"]) == (customer["legalName"], address["line1"], address["town"],
+                                                address["postcode"], address["country"]), (app, seq_id)
+                assert company["status"] == _expected_status(customer)
+                assert company["mrr"] == mrr.get(seq_id, Decimal(0)), (app, seq_id)
+                assert cid in won_by_company  # the deal that made them a customer
+                contact_emails = {c["email"] for c in customer["contacts"] if c["billingPreference"] != "NONE"}
+                assert contact_emails <= set(view["emails"][cid])
+            prospects = set(view["companies"]) - {cid for cid, _ in linked.values()}
+            assert prospects and not prospects & won_by_company  # prospects only: no closed-won deal yet
+            assert all(d[0] in view["companies"] for d in view["deals"])
+            assert all(d[3] <= REFERENCE_TIME.date().isoformat() for d in view["deals"] if d[1] != "open")
+
+
+def test_every_planted_crm_discrepancy_is_in_the_files(xdirty_root: Path) -> None:
+    manifest = orjson.loads((xdirty_root / "manifest.json").read_bytes())
+    planted = [d for d in manifest["discrepancies"] if d["app"] in CRM_APPS]
+    assert {(d["tenant"], d["app"]) for d in planted} == {(t, a) for t, apps in CRM_TENANTS.items() for a in apps}
+    assert {d["kind"] for d in planted} <= set(DISCREPANCY_KINDS)
+    for tenant, apps in CRM_TENANTS.items():
+        seq = {c: orjson.loads((xdirty_root / tenant / "sequence" / f"{c}.json").read_bytes())
+               for c in ("customers", "invoices")}
+        customers, mrr = _sequence_truth(seq)
+        for app in apps:
+            mine = [d for d in planted if d["tenant"] == tenant and d["app"] == app]
+            kinds = {(d["kind"], d["field"]) for d in mine}
+            assert kinds == {("missing_in_app", None), ("unlinked_candidate", None), ("importable", None),
+                             ("not_importable", "billing_email"), ("not_importable", "billing_address.postal_code"),
+                             *(("field_differs", f) for f in ("name", "billing_address.line1", "billing_address.city",
+                                                             "billing_address.postal_code", "billing_status", "mrr"))}
+            view = _crm_view(app, _crm_load(xdirty_root, tenant, app))
+            companies = view["companies"]
+            by_seq = {c["seq_id"]: cid for cid, c in companies.items() if c["seq_id"]}
+            won = {d[0] for d in view["deals"] if d[1] == "won"}
+            planted_seq = {d["sequence_id"] for d in mine if d["sequence_id"]}
+            planted_app = {d["app_id"] for d in mine if d["app_id"]}
+            for d in mine:
+                sid, aid = d["sequence_id"], d["app_id"]
+                if d["kind"] == "missing_in_app":
+                    assert sid in customers and sid not in by_seq and aid is None
+                    name = customers[sid]["legalName"]
+                    assert all(c["name"] != name for c in companies.values()), d
+                    continue
+                company = companies[aid]
+                if d["kind"] in ("importable", "not_importable"):
+                    assert sid is None and company["seq_id"] is None and aid in won, d
+                    assert company["name"] not in {c["legalName"] for c in customers.values()}
+                    emails = [e for e in view["emails"].get(aid, []) if e]
+                    complete = bool(emails) and all(company[k] for k in ("line1", "city", "postcode", "country"))
+                    assert complete is (d["kind"] == "importable"), d
+                    if d["field"] == "billing_email":
+                        assert not emails
+                    elif d["field"]:
+                        assert company["postcode"] is None
+                elif d["kind"] == "unlinked_candidate":
+                    customer = customers[sid]
+                    assert company["seq_id"] is None and sid not in by_seq, d
+                    assert company["name"] == customer["legalName"] and company["status"] is None
+                else:  # field_differs: linked, and exactly that field differs
+                    customer = customers[sid]
+                    assert by_seq[sid] == aid, d
+                    address = customer["address"]
+                    expected = {"name": customer["legalName"], "billing_address.line1": address["line1"],
+                                "billing_address.city": address["town"],
+                                "billing_address.postal_code": address["postcode"],
+                                "billing_status": _expected_status(customer), "mrr": mrr.get(sid, Decimal(0))}
+                    got = {"name": company["name"], "billing_address.line1": company["line1"],
+                           "billing_address.city": company["city"], "billing_address.postal_code": company["postcode"],
+                           "billing_status": company["status"], "mrr": company["mrr"]}
+                    assert {k for k in expected if expected[k] != got[k]} == {d["field"]}, d
+            # Nothing else disagrees: unplanted linked companies match Sequence, unplanted CRM-only ones are prospects.
+            for cid, company in companies.items():
+                if cid in planted_app:
+                    continue
+                if company["seq_id"] is None:
+                    assert cid not in won and company["name"] not in {c["legalName"] for c in customers.values()}
+                    continue
+                customer = customers[company["seq_id"]]
+                assert company["seq_id"] not in planted_seq
+                assert (company["name"], company["postcode"], company["status"], company["mrr"]) == (
+                    customer["legalName"], customer["address"]["postcode"], _expected_status(customer),
+                    mrr.get(company["seq_id"], Decimal(0)))
+            missing = {sid for sid, c in customers.items() if c["status"] != "DRAFT" and sid not in by_seq}
+            assert missing == {d["sequence_id"] for d in mine if d["kind"] in ("missing_in_app", "unlinked_candidate")}
+
+
+def test_crm_fixtures_load_in_the_emulators_and_serve_a_page(xdirty_root: Path) -> None:
+    manifest = orjson.loads((xdirty_root / "manifest.json").read_bytes())
+    with start_sandbox(xdirty_root, apps=CRM_APPS) as box:
+        assert set(box.urls) == set(CRM_APPS)
+        for tenant in ("acme-uk", "nordwind-de"):
+            counts = manifest["counts"][tenant]
+            headers = {"Authorization": f"Bearer {identity.attio_access_token(tenant)}"}
+            for obj in ("companies", "people", "deals"):
+                page = httpx.post(f"{box.urls['attio']}/v2/objects/{obj}/records/query", headers=headers,
+                                  json={"limit": 1000}, timeout=10)
+                assert page.status_code == 200, page.text
+                assert len(page.json()["data"]) == min(1000, counts["attio"][obj])
+            won = httpx.post(f"{box.urls['attio']}/v2/objects/deals/records/query", headers=headers,
+                             json={"filter": {"stage": "Won 🎉"}}, timeout=10).json()["data"]
+            assert won and all(r["values"]["stage"][0]["status"]["title"] == "Won 🎉" for r in won)
+        headers = {"Authorization": f"Bearer {identity.hubspot_access_token('acme-uk')}"}
+        page = httpx.get(f"{box.urls['hubspot']}/crm/v3/objects/companies", headers=headers, timeout=10,
+                         params={"limit": 100, "properties": "name,sequence_customer_id,sequence_mrr"})
+        assert page.status_code == 200, page.text
+        results = page.json()["results"]
+        assert len(results) == min(100, manifest["counts"]["acme-uk"]["hubspot"]["companies"])
+        assert any(r["properties"]["sequence_customer_id"] for r in results)
+        deal_id = orjson.loads((xdirty_root / "acme-uk" / "hubspot" / "deals.json").read_bytes())[0]["id"]
+        links = httpx.get(f"{box.urls['hubspot']}/crm/v4/objects/deals/{deal_id}/associations/companies",
+                          headers=headers, timeout=10)
+        assert links.status_code == 200 and links.json()["results"], links.text
+        token = httpx.post(f"{box.urls['salesforce']}/services/oauth2/token", data={
+            "grant_type": "refresh_token", "refresh_token": identity.salesforce_initial_refresh_token("globex-us"),
+            "client_id": identity.SALESFORCE_CLIENT_ID, "client_secret": identity.SALESFORCE_CLIENT_SECRET},
+            timeout=10).json()
+        soql = ("SELECT Id, Name, BillingAddress, Sequence_Customer_Id__c, Sequence_MRR__c FROM Account "
+                "WHERE Sequence_Customer_Id__c != null")
+        answer = httpx.get(f"{token['instance_url']}/services/data/v62.0/query", params={"q": soql}, timeout=10,
+                           headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["totalSize"] > 0 and body["records"][0]["BillingAddress"]["city"]
+        won = httpx.get(f"{token['instance_url']}/services/data/v62.0/query", timeout=10,
+                        params={"q": "SELECT Id, AccountId, Amount FROM Opportunity WHERE IsWon = true"},
+                        headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert won.status_code == 200 and won.json()["totalSize"] > 0, won.text

@@ -2,7 +2,7 @@ import httpx
 
 from connectors.registry import parse_registry
 from connectors.sandbox.demo_data import generate
-from connectors.sandbox.launcher import start_sandbox
+from connectors.sandbox.launcher import EMULATORS, start_sandbox
 
 
 def test_the_sandbox_serves_every_app_and_describes_itself_as_a_registry(tmp_path):
@@ -11,8 +11,7 @@ def test_the_sandbox_serves_every_app_and_describes_itself_as_a_registry(tmp_pat
         document = box.registry_document()
         env = box.environment()
         registry = parse_registry(document)
-        served = {f"{t}.{a}" for t in registry.tenants for a in ("sequence", "quickbooks", "xero")
-                  if (tmp_path / t / a).is_dir()}
+        served = {f"{t}.{a}" for t in registry.tenants for a in EMULATORS if (tmp_path / t / a).is_dir()}
         assert sorted(registry.keys()) == sorted(served) and any(k.endswith(".xero") for k in served)
         # the registry names the variables; the values travel only in the environment
         assert not any(value in str(document) for value in env.values())

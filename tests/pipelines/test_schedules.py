@@ -1,0 +1,143 @@
+"""The schedules (pipelines/schedules.py): what they are, what a tick asks for, the chaining sensor's decisions,
+the complete sweep's switch reaching a source (QuickBooks: a sweep instead of CDC that sees a delete), and the
+instance config that makes concurrent runs queue on the single DuckDB writer."""
+
+import uuid
+from datetime import UTC, datetime
+
+import duckdb
+import pytest
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    build_schedule_context,
+    instance_for_test,
+    materialize,
+)
+from dagster_dlt import DagsterDltResource
+
+from assets.extract.assets import COMPLETE_SWEEP, RAW_ASSETS, SWEEP_TAG
+from assets.partitions import CONNECTION_PARTITIONS
+from assets.quality.asset_checks import QUALITY_CHECKS
+from pipelines import runtime
+from pipelines.definitions import defs
+from pipelines.schedules import (
+    CHECKS_JOB,
+    RECONCILE_JOB,
+    SCHEDULES,
+    TRIGGER_TAG,
+    follow_up,
+    reconcile_after_sync,
+)
+
+REPO = defs.get_repository_def()
+
+
+def test_each_app_has_an_incremental_and_a_nightly_sweep_schedule_switched_on():
+    names = {s.name: s for s in REPO.schedule_defs}
+    for app in RAW_ASSETS:
+        incremental, sweep = names[f"incremental_sync_{app}"], names[f"complete_sweep_{app}"]
+        assert incremental.cron_schedule == "*/15 * * * *" and sweep.cron_schedule == "0 2 * * *"
+        assert incremental.job_name == sweep.job_name == f"extract_{app}"
+        assert incremental.default_status == sweep.default_status == DefaultScheduleStatus.RUNNING
+    assert len(SCHEDULES) == 2 * len(RAW_ASSETS)
+    assert reconcile_after_sync.default_status == DefaultSensorStatus.RUNNING
+    assert {RECONCILE_JOB.name, CHECKS_JOB.name} <= {j.name for j in REPO.get_all_jobs()}
+
+
+def test_reconcile_job_runs_unified_to_write_back_and_report_without_the_blocking_checks():
+    job = REPO.get_job(RECONCILE_JOB.name)
+    keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert {"unified/invoices", "reconcile/mismatches", "writeback/apply", "reports/data_quality_report"} <= keys
+    assert not any(k.startswith("raw_") for k in keys)
+    check_ops = {c.node_def.name for c in QUALITY_CHECKS}
+    assert check_ops and not check_ops & {node.name for node in job.nodes}
+
+
+@pytest.fixture
+def instance():
+    with instance_for_test() as inst:  # persistent (a temp dir): schedule contexts need an instance ref
+        inst.add_dynamic_partitions(CONNECTION_PARTITIONS["quickbooks"].name, ["acme.quickbooks", "globex.quickbooks"])
+        inst.add_dynamic_partitions(CONNECTION_PARTITIONS["sequence"].name, ["acme.sequence"])
+        yield inst
+
+
+def tick(name: str, instance):
+    context = build_schedule_context(instance=instance, repository_def=REPO,
+                                     scheduled_execution_time=datetime(2025, 3, 5, 2, 0, tzinfo=UTC))
+    return REPO.get_schedule_def(name).evaluate_tick(context).run_requests
+
+
+def test_a_tick_asks_one_run_per_connection_partition_and_the_sweep_tags_them_complete(instance):
+    incremental = tick("incremental_sync_quickbooks", instance)
+    assert sorted(r.partition_key for r in incremental) == ["acme.quickbooks", "globex.quickbooks"]
+    assert all(r.tags[TRIGGER_TAG] == "schedule" and SWEEP_TAG not in r.tags for r in incremental)
+    sweep = tick("complete_sweep_quickbooks", instance)
+    assert sorted(r.partition_key for r in sweep) == ["acme.quickbooks", "globex.quickbooks"]
+    assert all(r.tags[SWEEP_TAG] == COMPLETE_SWEEP for r in sweep)
+    assert len({r.run_key for r in incremental + sweep}) == 4
+    assert [r.partition_key for r in tick("incremental_sync_sequence", instance)] == ["acme.sequence"]
+    assert tick("incremental_sync_xero", instance) == []  # no xero connection: a skip, not an error
+
+
+def add_run(instance, job: str, status: DagsterRunStatus, **tags) -> str:
+    run_id = str(uuid.uuid4())
+    instance.add_run(DagsterRun(job_name=job, run_id=run_id, status=status, tags=tags))
+    return run_id
+
+
+def test_reconciliation_follows_once_every_extraction_has_finished(instance):
+    assert follow_up(instance, None)[0] == []
+    add_run(instance, "extract_quickbooks", DagsterRunStatus.SUCCESS, **{"ledgerlink/connection": "acme.quickbooks"})
+    queued = add_run(instance, "extract_quickbooks", DagsterRunStatus.STARTED,
+                     **{"ledgerlink/connection": "globex.quickbooks"})
+    requests, cursor, why = follow_up(instance, None)
+    assert requests == [] and cursor is None and "still queued or running" in why  # waits for the whole round
+    instance.delete_run(queued)  # ... which then fails: one tenant's failure does not hold the others back
+    add_run(instance, "extract_quickbooks", DagsterRunStatus.FAILURE, **{"ledgerlink/connection": "globex.quickbooks"})
+    requests, cursor, _ = follow_up(instance, None)
+    assert [r.job_name for r in requests] == [RECONCILE_JOB.name, CHECKS_JOB.name]
+    assert "acme.quickbooks" in requests[0].tags["ledgerlink/after"]
+    assert follow_up(instance, cursor)[0] == []  # nothing new since: no second reconciliation
+    add_run(instance, "reconcile_and_write_back", DagsterRunStatus.SUCCESS)
+    assert follow_up(instance, cursor)[0] == []  # a reconciliation is not an extraction
+
+
+def test_the_dagster_home_written_for_dev_limits_the_warehouse_pool_to_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    home = runtime.dagster_home()
+    assert home == (tmp_path / "dagster").resolve() and (home / "dagster.yaml").exists()
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        assert instance.is_persistent
+
+
+def test_the_complete_sweep_tag_makes_quickbooks_sweep_and_see_a_delete(extraction):
+    key = f"{extraction.registry.tenants[0]}.quickbooks"
+    resources = {"dlt": DagsterDltResource(), "ledgerlink": extraction.resource}
+
+    def run(**tags):
+        result = materialize([RAW_ASSETS["quickbooks"]], instance=extraction.instance, partition_key=key,
+                             resources=resources, tags=tags)
+        return {e.materialization.asset_key.path[-1]: e.materialization.metadata["rows_loaded"].value
+                for e in result.get_asset_materialization_events() if "rows_loaded" in e.materialization.metadata}
+
+    first = run()
+    with duckdb.connect(str(extraction.warehouse), read_only=True) as con:
+        gone = con.execute("select id from raw_quickbooks.invoice where tenant = ? and id not in (select _invoice_id "
+                           "from raw_quickbooks.invoice__linked_txn) order by id limit 1",
+                           [key.split(".")[0]]).fetchall()[0][0]
+    with extraction.resource.client(extraction.registry.get(key)) as client:
+        invoice = client.read("Invoice", gone)
+        client.delete("Invoice", invoice["Id"], invoice["SyncToken"], request_id="sweep-del-1")
+    swept = run(**{SWEEP_TAG: COMPLETE_SWEEP})
+    # a sweep reads every invoice again (CDC would read one), and the one deleted goes
+    assert swept["invoice"] >= first["invoice"] - 1 > 1
+    with duckdb.connect(str(extraction.warehouse), read_only=True) as con:
+        assert con.execute("select count(*) from raw_quickbooks.invoice where tenant = ? and id = ?",
+                           [key.split(".")[0], gone]).fetchall() == [(0,)]
+    # the cursor moved on: the next run is CDC again (at most the delete's stub, inside the cursor's overlap)
+    assert run()["invoice"] <= 1
