@@ -20,7 +20,7 @@ demo: install  ## fresh demo: generate data, start the sandbox, materialize ever
 	$(VENV)/bin/ledgerlink demo
 
 test: install  ## the whole suite, against the emulators over real HTTP
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile
 
 dev: install  ## the Dagster UI on the sandbox
 	$(VENV)/bin/ledgerlink dev

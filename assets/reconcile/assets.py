@@ -89,17 +89,53 @@ def compute_links(unified: Mapping[str, pl.LazyFrame], settings: Mapping[str, Ma
 
 def compute_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame,
                        settings: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
-                       quarantine: pl.LazyFrame | None = None) -> pl.DataFrame:
-    """Every app's mismatches plus the records that failed a contract, in a stable order."""
+                       quarantine: pl.LazyFrame | None = None, outbox: pl.LazyFrame | None = None) -> pl.DataFrame:
+    """Every app's mismatches plus the records that failed a contract, in a stable order. `outbox`
+    (writeback.outbox) tells which items write-back created, and when (see `mapped_after_sync`)."""
     parts = [find_mismatches(unified, links, settings_frames(by_tenant), APP_SPECS[app]) if app in APP_SPECS
              else find_crm_mismatches(unified, links, by_tenant, CRM_SPECS[app])
              for app, by_tenant in settings.items()]
     if quarantine is not None:
         parts.append(invalid_records(quarantine))
     frame = pl.concat(parts, how="vertical") if parts else empty_mismatches()
+    if outbox is not None:
+        frame = mapped_after_sync(frame, unified, outbox)
     return (frame.select(list(MISMATCH_SCHEMA)).cast(MISMATCH_SCHEMA)
             .sort("tenant", "app", "entity", "kind", "sequence_id", "app_id", "field", nulls_last=True)
             .collect())
+
+
+def mapped_after_sync(mismatches: pl.LazyFrame, unified: Mapping[str, pl.LazyFrame],
+                      outbox: pl.LazyFrame) -> pl.LazyFrame:
+    """A product's item created by write-back applies to documents synced after it (the seed: documents sync
+    when finalised or sent; linking a product creates an item so that synced lines are categorised). A line of
+    a document the app already had, still on the old item, is a difference to know about, not a write to make:
+    its action becomes `none` and its reason says why (the plan skips the same rows, assets/writeback/plan.py)."""
+    if "operation" not in outbox.collect_schema().names():
+        return mismatches
+    created = (outbox.filter((pl.col("operation") == "create_item") & (pl.col("state") == "confirmed")
+                             & pl.col("app_id").is_not_null())
+               .select("tenant", "app", pl.col("app_id").alias("sequence_value"),
+                       pl.col("confirmed_at").cast(pl.Datetime("us", "UTC")).alias("_mapped_at"))
+               .unique(subset=["tenant", "app", "sequence_value"], keep="first"))
+    synced = pl.concat([unified[table].filter(pl.col("app") != "sequence").select(
+        "tenant", "app", pl.lit(entity).alias("entity"), pl.col("id").alias("app_id"),
+        pl.col("created_at").alias("_synced_at")) for entity, table in (("invoice", "invoices"),
+                                                                       ("credit_note", "credit_notes"))])
+    later = ((pl.col("field") == "line.item") & (pl.col("proposed_action") == "update_in_app")
+             & pl.col("_mapped_at").is_not_null()
+             # no creation time: the document was in the app before the mapping (its line is elsewhere)
+             & (pl.col("_synced_at").is_null() | (pl.col("_synced_at") < pl.col("_mapped_at"))))
+    return (mismatches.lazy()
+            .join(created, on=["tenant", "app", "sequence_value"], how="left")
+            .join(synced, on=["tenant", "app", "entity", "app_id"], how="left")
+            .with_columns(proposed_action=pl.when(later).then(pl.lit("none")).otherwise("proposed_action"),
+                          reason=pl.when(later).then(pl.concat_str([
+                              pl.col("reason"), pl.lit(" The product's item was created after this document was "
+                                                       "synced: a mapping applies to documents synced after it, so "
+                                                       "nothing is written (re-sync the document to move it).")]))
+                          .otherwise("reason"))
+            .drop("_mapped_at", "_synced_at"))
 
 
 def history_rows(mismatches: pl.DataFrame, connected: pl.DataFrame, at: datetime) -> pl.DataFrame:
@@ -225,7 +261,8 @@ def reconcile_mismatches(context: AssetExecutionContext, ledgerlink: Ledgerlink)
         quarantines = [q for q in (read_optional(con, name) for name in QUARANTINE_TABLES) if q is not None]
         quarantine = pl.concat([q.select("tenant", "app", "entity", "id", "check", "field", "reason")
                                 for q in quarantines], how="vertical_relaxed") if quarantines else None
-        mismatches = compute_mismatches(unified, links, settings, quarantine=quarantine)
+        mismatches = compute_mismatches(unified, links, settings, quarantine=quarantine,
+                                        outbox=read_optional(con, OUTBOX_TABLE))
         history = read_table(con, HISTORY_TABLE)
         log = read_table(con, LOG_TABLE)
     earlier = history.select(list(HISTORY_SCHEMA)).cast(HISTORY_SCHEMA) \

@@ -43,3 +43,29 @@ def test_a_warehouse_without_unified_tables_reconciles_to_empty_tables(tmp_path)
             for e in result.get_asset_materialization_events()}
     assert meta[MISMATCHES_KEY]["mismatches_total"].value == 0
     assert meta[MISMATCHES_KEY]["mismatches_importable"].value == 0
+
+
+def test_an_item_created_after_a_document_was_synced_is_no_write_for_that_document():
+    from datetime import UTC, datetime
+
+    import polars as pl
+
+    from assets.reconcile.assets import mapped_after_sync
+    from assets.reconcile.links import MISMATCH_SCHEMA
+
+    mapped = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    row = {"tenant": "t1", "app": "quickbooks", "entity": "invoice", "sequence_id": "inv", "kind": "field_differs",
+           "field": "line.item", "sequence_value": "77", "app_value": "1", "proposed_action": "update_in_app",
+           "reason": "Invoice INV1 line 1: item differs."}
+    mismatches = pl.LazyFrame([{**row, "app_id": "100"}, {**row, "sequence_id": "inv2", "app_id": "101"}],
+                              schema=MISMATCH_SCHEMA)
+    invoices = pl.LazyFrame({"tenant": ["t1", "t1"], "app": ["quickbooks"] * 2, "id": ["100", "101"],
+                             "created_at": [datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 21, tzinfo=UTC)]})
+    empty = invoices.clear()
+    outbox = pl.LazyFrame({"tenant": ["t1"], "app": ["quickbooks"], "operation": ["create_item"],
+                           "state": ["confirmed"], "app_id": ["77"], "confirmed_at": [mapped]})
+    out = mapped_after_sync(mismatches, {"invoices": invoices, "credit_notes": empty}, outbox).collect()
+    actions = dict(zip(out["app_id"], out["proposed_action"], strict=True))
+    # synced before the item existed: known, nothing to write; synced after: it should carry the item
+    assert actions == {"100": "none", "101": "update_in_app"}
+    assert "created after this document was synced" in out.filter(pl.col("app_id") == "100")["reason"].item()
