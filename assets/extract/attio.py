@@ -162,7 +162,7 @@ def _read_object(client: AttioClient | None, tenant: str, obj: str, progress: Pr
 
 @dlt.source(name=APP, max_table_nesting=0)
 def attio_source(client: AttioClient | None = None, tenant: str = "", progress: Progress | None = None,
-                 page_size: int | None = None, full: bool = True):
+                 page_size: int | None = None, full: bool = False):
     """One connection's Attio workspace. Called without a client it only describes the resources. Every run is
     a complete sweep, so `full` changes nothing (accepted so every source takes the same switch)."""
     report = progress or (lambda message: log.info(message))

@@ -44,8 +44,8 @@ REPO = Path(__file__).resolve().parents[2]
 APP = "quickbooks"
 JOB = f"extract_{APP}"
 LOCATION = "pipelines.definitions"  # workspace.yaml: python_module pipelines.definitions
-# Generous: on the shared 2-core machine at load 10-11, `dagster dev` was ready after 80-105 s and the
-# two-run backfill took 255 s (each run ~3 min, mostly importing the code location twice).
+# Generous: on the shared 2-core machine at load 10-15, `dagster dev` was ready after 76-104 s and the
+# two-run backfill took 115-255 s (a run's time is mostly importing the code location, twice).
 STARTUP_TIMEOUT = float(os.environ.get("LEDGERLINK_UI_STARTUP_TIMEOUT", 240))
 BACKFILL_TIMEOUT = float(os.environ.get("LEDGERLINK_UI_BACKFILL_TIMEOUT", 480))
 
