@@ -16,7 +16,8 @@ client keeps only Xero's 5-in-flight cap, so the figures measure the code, not t
 
 The emulator filters (`where`) and sorts (`order`) the whole collection for every page it answers, so at 92,000
 invoices its own time dominates all three contenders (the floor's fetching seconds). The time each contender
-spends beyond that (its seconds less the floor's fetching) is reported too: it is what the client costs.
+spends beyond that (its seconds less the floor's fetching) is reported too: it is what the client costs
+(an estimate, meaningful only when the machine's load stays the same through the run).
 
     make bench                              # 100,000 invoices
     python -m tests.bench.bench_extract_xero --invoices 20000
