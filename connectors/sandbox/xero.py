@@ -311,6 +311,8 @@ class _Table:
         self._indexes: dict[str, dict[str, str]] = {}
         self._updated_ms: dict[str, int | None] = {}
         self._counters: dict[tuple[str, str], int] = {}
+        self.version = 0  # moves on every store/remove: list answers cached under an older one are stale
+        self.listings: dict[tuple, list[dict]] = {}  # a list query (minus paging) -> its filtered, sorted rows
 
     def get(self, record_id: Any) -> dict | None:
         return self.rows.get(record_id.lower()) if isinstance(record_id, str) else None
@@ -349,6 +351,8 @@ class _Table:
     def store(self, key: str, record: dict) -> None:
         self.remove(key)
         self.rows[key] = record
+        self.version += 1
+        self.listings.clear()
         for (path, prefix), highest in self._counters.items():
             self._counters[(path, prefix)] = max(highest, _number_after(prefix, record.get(path)))
         for path, index in self._indexes.items():
@@ -359,6 +363,8 @@ class _Table:
     def remove(self, key: str) -> dict | None:
         old = self.rows.pop(key, None)
         self._updated_ms.pop(key, None)
+        self.version += 1
+        self.listings.clear()
         if old is not None:
             for path, index in self._indexes.items():
                 value = old.get(path)
@@ -649,6 +655,15 @@ class XeroEmulator(Emulator):
         except WhereError as exc:
             raise EmulatorError(_api_error(16, "QueryParseException", str(exc))) from None
         table = org.table(res.collection)
+        # Paging through a big list asks the same query once per page: its filtered, sorted rows are kept until
+        # the table (or anything in the organisation) changes, so page N costs a slice, not a sort of every row.
+        query = (tuple(sorted((k, v) for k, v in args.items(multi=True) if k not in ("page", "pageSize",
+                                                                                    "summaryOnly"))),
+                 since, org.last_change_ms, table.version)
+        with self.lock:
+            cached = table.listings.get(query)
+        if cached is not None:
+            return self._page(res, cached, paged, page, page_size, args)
         with self.lock:
             if since is not None:  # filter on the cached instants first: the cheapest cut on big tables
                 since_ms = since.timestamp() * 1000
@@ -676,6 +691,13 @@ class XeroEmulator(Emulator):
         if order:
             for path, descending in reversed(order):  # stable sorts, last key first
                 rows.sort(key=lambda r, p=path: order_key(r, p), reverse=descending)
+        with self.lock:
+            if len(table.listings) > 64:  # a few live queries at a time; never grows without bound
+                table.listings.clear()
+            table.listings[query] = rows
+        return self._page(res, rows, paged, page, page_size, args)
+
+    def _page(self, res: Resource, rows: list[dict], paged: bool, page: int, page_size: int, args: Any) -> Response:
         pagination = None
         if paged:
             total = len(rows)

@@ -386,6 +386,23 @@ def test_paging_defaults_sizes_and_cap(served: ServedEmulator) -> None:
         assert "pagination" not in ok(bulk.get("/Items"))
 
 
+def test_a_paged_query_is_sorted_once_and_a_write_refreshes_it(served: ServedEmulator) -> None:
+    query = {"where": 'Type=="ACCREC"', "order": "InvoiceNumber DESC", "pageSize": 100}
+    with client_for(served.url, "bulk") as bulk:
+        first = ok(bulk.get("/Invoices", params={**query, "page": 1}))
+        assert first["Invoices"][0]["InvoiceNumber"] == "INV-0250"
+        second = ok(bulk.get("/Invoices", params={**query, "page": 2}))
+        assert second["Invoices"][0]["InvoiceNumber"] == "INV-0150"
+        created = ok(bulk.put("/Invoices", json={"Invoices": [{
+            "Type": "ACCREC", "Contact": {"ContactID": CONTACT_1}, "InvoiceNumber": "INV-0999",
+            "LineItems": [{"Description": "x", "Quantity": 1, "UnitAmount": 10, "AccountCode": "200"}]}]},
+            headers={"Idempotency-Key": "cache-refresh-1"}))
+        assert created["Invoices"][0]["InvoiceNumber"] == "INV-0999"
+        again = ok(bulk.get("/Invoices", params={**query, "page": 1}))
+        assert again["pagination"]["itemCount"] == first["pagination"]["itemCount"] + 1
+        assert again["Invoices"][0]["InvoiceNumber"] == "INV-0999"
+
+
 def test_if_modified_since_uses_updated_date_utc(api: httpx.Client) -> None:
     # contacts updated at 1741000000 (2025-03-03T11:06:40Z) and 1741200000 (2025-03-05T18:40:00Z)
     later = ok(api.get("/Contacts", headers={"If-Modified-Since": "2025-03-04T00:00:00"}))["Contacts"]
