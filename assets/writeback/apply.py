@@ -33,10 +33,9 @@ import orjson
 import yaml
 
 from assets.warehouse import table_exists
-from assets.writeback import outbox
+from assets.writeback import outbox, xero
 from assets.writeback.outbox import Outcome
 from assets.writeback.plan import QBO_ENTITIES, QUICKBOOKS, REF, dumps
-from checks.payloads import QBO_SERVICE
 from connectors.auth import TokenStore
 from connectors.clients import build_client
 from connectors.errors import AppError, Conflict
@@ -222,12 +221,13 @@ class _Row:
     attempts: int
     request_id: str | None
     batch_item: str | None
+    counterpart_app: str | None = None  # the accounting app of the pair (a Sequence write's too)
 
     @staticmethod
     def of(row: Mapping[str, Any]) -> _Row:
         return _Row(row["idempotency_key"], row["tenant"], row["app"], row["entity"], row["operation"],
                     row["sequence_id"], row["app_id"], orjson.loads(row["payload"]), list(row["depends_on"] or []),
-                    row["state"], row["attempts"], row["request_id"], row["batch_item"])
+                    row["state"], row["attempts"], row["request_id"], row["batch_item"], row.get("counterpart_app"))
 
     @property
     def resend(self) -> bool:
@@ -313,6 +313,8 @@ class Applier:
             group = [r for r in group if r not in local]
             if app == QUICKBOOKS:
                 self._quickbooks(group)
+            elif app == xero.XERO:
+                xero.send_xero(self, group)
             else:
                 for row in group:
                     self._sequence(row)
@@ -507,20 +509,20 @@ class Applier:
         raise AssertionError("unreachable")
 
     def _link(self, client: SequenceClient, row: _Row) -> Outcome:
-        """Stores the QuickBooks id as the customer's integration id (PUT replaces the customer whole, so the
-        body is the customer as it is now plus the id)."""
+        """Stores the QuickBooks (or Xero) id as the customer's integration id (PUT replaces the customer whole,
+        so the body is the customer as it is now plus the id); one id per service."""
         customer_id = row.payload["customerId"]
         wanted = row.payload["integrationIds"][0]
         current = client.get_customer(customer_id)
         ids = [{"service": i.get("service"), "id": i.get("id")} for i in current.get("integrationIds") or []
                if isinstance(i, dict)]
-        ours = [i for i in ids if i["service"] == QBO_SERVICE]
+        ours = [i for i in ids if i["service"] == wanted["service"]]
         if any(i["id"] == wanted["id"] for i in ours):
             return Outcome(row.key, "confirmed", answer=dumps(current), app_id=wanted["id"])
         if ours:
             return Outcome(row.key, "failed", retriable=False,
-                           error=f"integrationIds: customer {customer_id} is already linked to QuickBooks customer "
-                                 f"{ours[0]['id']}; unlink it first")
+                           error=f"integrationIds: customer {customer_id} is already linked to {wanted['service']} "
+                                 f"customer {ours[0]['id']}; unlink it first")
         body = customer_request(current)
         body["integrationIds"] = [*ids, {"service": wanted["service"], "id": wanted["id"]}]
         self._sent(row)
@@ -537,6 +539,8 @@ class Applier:
         connection = self.clients.connection(row.tenant, row.app)
         base = connection.base_url
         body = dumps(row.payload)
+        if row.app == xero.XERO:
+            return xero.describe(row, base)
         if row.app == QUICKBOOKS:
             if row.operation == "link":
                 return f"{row.tenant}: record link {row.entity} {row.sequence_id} -> {row.app_id} in reconcile.links"
@@ -559,7 +563,10 @@ class Applier:
             return
         created = self.con.execute(
             f"select tenant, sequence_id, app_id, payload from {outbox.OUTBOX_TABLE} where operation = 'create_item' "
-            "and state = 'confirmed' and app_id is not null").fetchall()
+            "and state = 'confirmed' and app_id is not null and app = 'quickbooks'").fetchall()
+        mine = xero.confirmed_items(self.con)  # Xero's go into its connection's settings
+        if mine:
+            xero.record_item_mappings(Path(self.registry_path), mine)
         if not created:
             return
         codes: dict[tuple[str, str], str] = {}
@@ -603,9 +610,10 @@ def record_item_mappings(registry_path: Path, items: Mapping[tuple[str, str], st
 
 
 def _record_name(row: _Row) -> str:
-    app = "QuickBooks" if row.app == QUICKBOOKS else "Sequence"
+    app = {QUICKBOOKS: "QuickBooks", xero.XERO: "Xero"}.get(row.app, "Sequence")
     ids = [f"Sequence {row.sequence_id}" if row.sequence_id else None,
-           f"QuickBooks {row.app_id}" if row.app_id else None]
+           f"{'Xero' if xero.XERO in (row.app, row.counterpart_app) else 'QuickBooks'} {row.app_id}"
+           if row.app_id else None]
     return f"{row.operation} in {app} of {row.entity.replace('_', ' ')} ({', '.join(i for i in ids if i)})"
 
 

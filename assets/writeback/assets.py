@@ -84,9 +84,9 @@ def apply_metadata(result: ApplyResult) -> dict[str, Any]:
 
 @asset(key=PLAN_KEY, group_name=GROUP, pool=WAREHOUSE_POOL, deps=[MISMATCHES_KEY, LINKS_KEY],
        kinds={"polars", "duckdb"},
-       description="The write-back plan: every write that brings Sequence and QuickBooks into agreement, with its "
-                   "reason, put into writeback.outbox under a deterministic idempotency key (planned, or skipped "
-                   "with the record, field and reason when its payload breaks a contract). Nothing is sent.")
+       description="The write-back plan: every write that brings Sequence and QuickBooks / Xero into agreement, "
+                   "with its reason, put into writeback.outbox under a deterministic idempotency key (planned, or "
+                   "skipped with the record, field and reason when its payload breaks a contract). Nothing is sent.")
 def writeback_plan(context: AssetExecutionContext, ledgerlink: Ledgerlink) -> MaterializeResult:
     planned = plan_writes(ledgerlink.warehouse, ledgerlink.registry())
     context.log.info(f"{outbox.OUTBOX_TABLE}: {planned.plan.height} writes planned ({planned.merge.summary()})")
@@ -98,8 +98,9 @@ class ApplyConfig(Config):
 
 
 @asset(key=APPLY_KEY, group_name=GROUP, pool=WAREHOUSE_POOL, deps=[PLAN_KEY], kinds={"duckdb"},
-       description="Sends the outbox's pending writes (QuickBooks requestid = idempotency key, batch endpoint, "
-                   "dependency waves; Sequence look-up before create), records each answer and the twins it made "
+       description="Sends the outbox's pending writes (QuickBooks requestid = idempotency key, batch endpoint; Xero "
+                   "many elements per request under one Idempotency-Key; dependency waves; Sequence look-up before "
+                   "create), records each answer and the twins it made "
                    "in reconcile.links. Dry run outside the sandbox unless allow_writes is set.")
 def writeback_apply(context: AssetExecutionContext, config: ApplyConfig, ledgerlink: Ledgerlink) -> MaterializeResult:
     result = apply_writes(ledgerlink.warehouse, ledgerlink.registry(), ledgerlink.token_store(),

@@ -106,4 +106,5 @@ def read_inputs(con: duckdb.DuckDBPyConnection, registry: Registry) -> PlanInput
         settings=app_settings(registry),
         quickbooks=read_quickbooks_state(con),
         outbox=outbox.read(con).lazy(),
+        xero_settings={c.tenant: dict(c.settings) for c in registry.for_app("xero")},
     )

@@ -19,6 +19,10 @@ What the seed asks (../shared/seeds/sequence-quickbooks-integration.txt), as ope
   sequence customer     import (QuickBooks customers passing the import rules, alias qb-<id>), link (the
                         QuickBooks id stored as the customer's integration id, after a create or for a candidate)
 
+Xero (assets/writeback/xero.py) plans from the Sequence-Xero mismatches with this module's rows, keys, $refs,
+context and dependency rules, in Xero's words; build_plan puts both side by side, so a tenant connecting both
+apps gets the writes of both when a Sequence document changes.
+
 Ids a write needs from an earlier write in the same plan are "$ref:<idempotency key>" in the payload; apply
 fills them in once that write is confirmed. Keys are deterministic: a hash of tenant, app, entity, operation,
 the record ids and the payload's content (without SyncToken), so planning the same intent again gives the same
@@ -107,6 +111,7 @@ class PlanInputs:
     settings: Mapping[str, Mapping[str, Any]]  # tenant -> its QuickBooks connection's integration settings
     quickbooks: QuickBooksState = field(default_factory=QuickBooksState.empty)
     outbox: pl.LazyFrame | None = None  # writeback.outbox: items created by earlier write-backs
+    xero_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # tenant -> its Xero connection's
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -249,9 +254,42 @@ def _context(inputs: PlanInputs, tenants: Iterable[str] | None) -> _Context:
 
 def build_plan(inputs: PlanInputs, *, tenants: Iterable[str] | None = None, invoice: str | None = None,
                reference: Reference | None = None) -> pl.DataFrame:
-    """The plan (PLAN_SCHEMA) for the tenants (default: every tenant with settings). `invoice`: only the writes
-    that one Sequence invoice needs, with what they depend on (a re-sync). `reference`: what payload ids must
-    resolve to (default: from the unified tables)."""
+    """The plan (PLAN_SCHEMA) for the tenants (default: every tenant with settings), for every accounting app a
+    tenant connects (QuickBooks here, Xero in xero.py: a tenant with both gets the writes of both). `invoice`: only
+    the writes that one Sequence invoice needs, with what they depend on (a re-sync). `reference`: what QuickBooks
+    payload ids must resolve to (default: from the unified tables)."""
+    from assets.writeback.xero import build_xero_plan  # xero.py builds on this module
+
+    xero = build_xero_plan(inputs, inputs.xero_settings, tenants=tenants, invoice=invoice)
+    plan = _quickbooks_plan(inputs, tenants=tenants, invoice=invoice, reference=reference)
+    # an invoice paid in both apps is marked paid in Sequence once
+    paid = (plan.filter(pl.col("operation") == "mark_paid").select("tenant", "sequence_id", _paid=pl.lit(True))
+            .unique(subset=["tenant", "sequence_id"]))
+    xero = (xero.join(paid, on=["tenant", "sequence_id"], how="left")
+            .filter(~(pl.col("_paid").fill_null(False) & (pl.col("operation") == "mark_paid"))).drop("_paid"))
+    # a company both apps would import becomes one Sequence customer (QuickBooks' import); reconciliation then
+    # finds it as the Xero contact's candidate and links the two
+    name = folded_text(pl.col("payload").str.json_path_match("$.legalName"))
+    imported = (plan.filter((pl.col("operation") == "import") & (pl.col("state") == "planned"))
+                .select("tenant", name.alias("_name"), pl.col("idempotency_key").alias("_twin"))
+                .unique(subset=["tenant", "_name"]))
+    xero = (xero.with_columns(_name=pl.when(pl.col("operation") == "import").then(name))
+            .join(imported, on=["tenant", "_name"], how="left")
+            .with_columns(state=pl.when(pl.col("_twin").is_not_null()).then(pl.lit("skipped")).otherwise("state"),
+                          error=pl.when(pl.col("_twin").is_not_null())
+                          .then(pl.format("operation: QuickBooks' import (write {}) creates this customer in "
+                                          "Sequence; the next reconciliation links it to this Xero contact", "_twin"))
+                          .otherwise("error"))
+            .drop("_name", "_twin"))
+    order = {"create_item": 0, "update_item": 1, "create": 2, "import": 3, "update": 4, "set_email": 5, "link": 6,
+             "void": 7, "mark_paid": 8}
+    return (pl.concat([plan, xero]).with_columns(_o=pl.col("operation").replace_strict(order, default=9,
+                                                                                        return_dtype=pl.Int64))
+            .sort("tenant", "app", "_o", "entity", "sequence_id", "app_id", nulls_last=True).drop("_o"))
+
+
+def _quickbooks_plan(inputs: PlanInputs, *, tenants: Iterable[str] | None, invoice: str | None,
+                     reference: Reference | None) -> pl.DataFrame:
     ctx = _context(inputs, tenants)
     if not ctx.tenants:
         return empty_plan()
@@ -266,12 +304,7 @@ def build_plan(inputs: PlanInputs, *, tenants: Iterable[str] | None = None, invo
     plan = _frame(rows)
     plan = _validated(plan, reference if reference is not None else default_reference(inputs, ctx.tenants, ctx))
     plan = _blocked_by_dependencies(plan)
-    if invoice is not None:
-        plan = for_invoice(plan, invoice)
-    order = {"create_item": 0, "update_item": 1, "create": 2, "import": 3, "update": 4, "set_email": 5, "link": 6,
-             "void": 7, "mark_paid": 8}
-    return (plan.with_columns(_o=pl.col("operation").replace_strict(order, default=9, return_dtype=pl.Int64))
-            .sort("tenant", "app", "_o", "entity", "sequence_id", "app_id", nulls_last=True).drop("_o"))
+    return for_invoice(plan, invoice) if invoice is not None else plan
 
 
 def default_reference(inputs: PlanInputs, tenants: list[str], ctx: _Context | None = None) -> Reference:
@@ -287,6 +320,7 @@ def default_reference(inputs: PlanInputs, tenants: list[str], ctx: _Context | No
     # records earlier write-backs created exist even if the warehouse has not seen them yet
     created = (inputs.outbox.filter((pl.col("state") == "confirmed") & pl.col("app_id").is_not_null()
                                     & pl.col("operation").is_in(["create", "create_item"])
+                                    & (pl.col("app") == QUICKBOOKS)
                                     & pl.col("tenant").is_in(tenants))
                .select("tenant", "entity", pl.col("app_id").alias("id")).collect()
                if inputs.outbox is not None and inputs.outbox.collect_schema().len()
@@ -435,6 +469,7 @@ def _item_mapping(ctx: _Context, planned: list[Row]) -> pl.DataFrame:
     if ctx.inputs.outbox is not None and ctx.inputs.outbox.collect_schema().len():
         earlier_rows = (ctx.inputs.outbox
                         .filter((pl.col("operation") == "create_item") & pl.col("tenant").is_in(ctx.tenants)
+                                & (pl.col("app") == QUICKBOOKS)
                                 & (pl.col("state").is_in(["planned", "sent", "confirmed"])
                                    | ((pl.col("state") == "failed") & pl.col("retriable").fill_null(False))))
                         .select("tenant", "sequence_id", "app_id", "idempotency_key", "state").collect())
@@ -794,6 +829,7 @@ def _later_mapping_only(ctx: _Context, entity: str, table: str) -> pl.DataFrame:
     if outbox is None or not outbox.collect_schema().len():
         return pl.DataFrame(schema=schema)
     created = (outbox.filter((pl.col("operation") == "create_item") & (pl.col("state") == "confirmed")
+                             & (pl.col("app") == QUICKBOOKS)
                              & pl.col("app_id").is_not_null() & pl.col("tenant").is_in(ctx.tenants))
                .select("tenant", pl.col("app_id").alias("sequence_value"), pl.col("confirmed_at").alias("_mapped_at"),
                        pl.col("payload").str.json_path_match("$.Name").alias("_item_name"))

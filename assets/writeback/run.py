@@ -42,7 +42,8 @@ def plan_writes(warehouse: Path, registry: Registry, *, tenants: Iterable[str] |
         plan = build_plan(read_inputs(con, registry), tenants=tenants, invoice=invoice)
         merge = None
         if record:
-            planned_tenants = tenants if tenants is not None else [c.tenant for c in registry.for_app("quickbooks")]
+            planned_tenants = tenants if tenants is not None else sorted(
+                {c.tenant for app in ("quickbooks", "xero") for c in registry.for_app(app)})
             merge = outbox.merge_plan(con, plan, withdraw_tenants=None if invoice else planned_tenants)
         rows = outbox.read(con, keys=plan["idempotency_key"].to_list())
     states = rows.select("idempotency_key", pl.col("state").alias("outbox_state"), "attempts",

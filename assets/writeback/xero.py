@@ -215,7 +215,8 @@ def item_rows(ctx: _Context) -> tuple[list[Row], pl.DataFrame]:
         elif (r["tenant"], code) in seen:
             error = f"Code: another product of this plan has the item code '{code}' (codes are unique)"
         elif account is None:
-            error = "SalesDetails.AccountCode: no account code for the product in the settings and no default_account_code"
+            error = ("SalesDetails.AccountCode: no account code for the product in the settings and no "
+                     "default_account_code")
         seen.add((r["tenant"], code))
         row = _row(r["tenant"], XERO, "product", "create_item", r["sequence_id"], None,
                    {"Code": code, "Name": (r["name"] or "")[:ITEM_NAME_MAX],
@@ -339,7 +340,8 @@ def customer_rows(ctx: _Context) -> tuple[list[Row], pl.DataFrame]:
            .join(linked, on=["tenant", "customer_id"], how="left")
            .join(proposed, on=["tenant", "customer_id"], how="left")
            .join(new, on=["tenant", "customer_id"], how="left")
-           .select("tenant", "customer_id", pl.coalesce("_linked", "_proposed", "_created").alias("expected_customer_id")))
+           .select("tenant", "customer_id",
+                   pl.coalesce("_linked", "_proposed", "_created").alias("expected_customer_id")))
     return rows, ids
 
 

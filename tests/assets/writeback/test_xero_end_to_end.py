@@ -15,9 +15,9 @@ from dagster import materialize
 
 from assets.reconcile.assets import RECONCILE_ASSETS
 from assets.writeback import outbox
-from assets.writeback.apply_xero import apply
+from assets.writeback.apply import apply
 from assets.writeback.inputs import read_inputs
-from assets.writeback.plan import WRITE_ACTIONS
+from assets.writeback.plan import WRITE_ACTIONS, build_plan
 from assets.writeback.xero import XERO, build_xero_plan
 from connectors.clients import build_client
 from connectors.registry import load_registry
@@ -97,9 +97,12 @@ def loop(extraction):
         httpx.post(f"{base}/_sandbox/faults", json=fault).raise_for_status()
     registry = load_registry(extraction.registry_path)
     with duckdb.connect(str(extraction.warehouse)) as con:
-        plan = build_xero_plan(read_inputs(con, registry), xero_settings(extraction.registry_path))
+        # the whole plan: QuickBooks and Xero writes side by side (tenants 0 and 2 have both)
+        full = build_plan(read_inputs(con, registry))
+        plan = full.filter(pl.col("counterpart_app") == XERO)
+        assert full.filter(pl.col("app") == "quickbooks").height > 0
         outbox.ensure(con)
-        outbox.merge_plan(con, plan, withdraw_tenants=None)
+        outbox.merge_plan(con, plan, withdraw_tenants=None)  # the Xero writes only: this test is Xero's
         first = apply(con, registry, extraction.resource.token_store(), registry_path=extraction.registry_path,
                       echo=lambda _: None)
         # at once again: everything is confirmed, nothing is sent

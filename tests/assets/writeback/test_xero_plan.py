@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 
 from assets.reconcile.assets import UNIFIED_INPUTS, compute_links, compute_mismatches
-from assets.writeback.plan import REF, PlanInputs
+from assets.writeback.plan import REF, PlanInputs, build_plan
 from assets.writeback.xero import build_xero_plan, item_code
-from tests.assets.writeback.conftest import GB, SEQ, T, unified, write
+from tests.assets.writeback.conftest import GB, SEQ, T, Books, unified, write
 
 XERO = "xero"
 NOW = datetime(2025, 7, 1, tzinfo=UTC)
@@ -243,3 +243,34 @@ def test_keys_are_deterministic_and_follow_the_content(books):
 def test_item_codes_are_xero_codes():
     assert item_code("Data storage (GB)") == "DATA-STORAGE-GB"
     assert len(item_code("x" * 80)) == 30 and item_code("!!!") == "ITEM"
+
+
+def test_a_tenant_with_quickbooks_and_xero_gets_writes_to_both_when_a_sequence_invoice_changes():
+    """conftest's QuickBooks company, with Xero connected too: the invoice whose due date changed in Sequence
+    (inv-due) is updated in both apps, each in its own words."""
+    qbo = Books()
+    xero_rows = company()
+    for table in ("customers", "invoices", "invoice_lines", "products", "accounts", "tax_codes"):
+        qbo.rows[table] += [r for r in xero_rows[table] if r["app"] == XERO]
+    qbo.record("customers", SEQ, "c-blue")["links"].append({"app": XERO, "app_id": BLUE})
+    qbo.record("invoices", SEQ, "inv-due")["links"].append({"app": XERO, "app_id": INV_DUE})
+    twin = next(r for r in qbo.rows["invoices"] if r["app"] == XERO and r["id"] == INV_DUE)
+    twin["number"] = "INV010"  # the QuickBooks company's number for inv-due
+    frames = qbo.frames()
+    by_app = {"quickbooks": {T: qbo.settings}, XERO: {T: settings()}}
+    found = compute_links(frames, by_app, linked_at=NOW)
+    inputs = PlanInputs(unified=frames, links=found.lazy(), mismatches=compute_mismatches(frames, found.lazy(),
+                                                                                          by_app).lazy(),
+                        settings={T: qbo.settings}, quickbooks=qbo.state, xero_settings={T: settings()})
+    plan = build_plan(inputs)
+    updates = plan.filter((pl.col("sequence_id") == "inv-due") & (pl.col("operation") == "update"))
+    assert sorted(updates["app"].to_list()) == ["quickbooks", XERO]
+    by_app_payload = {r["app"]: orjson.loads(r["payload"]) for r in updates.to_dicts()}
+    assert by_app_payload["quickbooks"]["DueDate"] == by_app_payload[XERO]["DueDate"] == "2025-07-31"
+    assert by_app_payload[XERO]["InvoiceID"] == INV_DUE and by_app_payload["quickbooks"]["Id"] == "109"
+    # a company both apps would import ("Import Me Ltd") becomes one Sequence customer, QuickBooks' import
+    assert write(plan, "import", app_id="9")["state"] == "planned"
+    twin_import = write(plan, "import", app_id=IMPORT_ME)
+    assert twin_import["state"] == "skipped" and "QuickBooks' import" in twin_import["error"]
+    # a re-sync of that one invoice sends it to both apps too
+    assert sorted(build_plan(inputs, invoice="inv-due")["app"].unique().to_list()) == ["quickbooks", XERO]
