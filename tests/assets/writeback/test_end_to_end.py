@@ -61,14 +61,21 @@ def test_after_write_back_no_write_is_left_to_make(loop):
     assert before.filter(pl.col("proposed_action").is_in(WRITE_ACTIONS)).height > 40
     replanned = plan_writes(extraction.warehouse, extraction.resource.registry(), record=False)
     states = replanned.plan.join(replanned.states, on="idempotency_key", how="left")
-    still = states.filter((pl.col("state") == "planned") & (pl.col("outbox_state") != "confirmed"))
-    assert still.height == 0, still.select("tenant", "operation", "entity", "sequence_id", "reason").to_dicts()
+    # A customer this write-back imported into Sequence from one accounting system reaches the tenant's other one
+    # on the next round (no plan creates a customer Sequence does not have yet: a known limitation). Those
+    # customers' creates and links, and nothing else, may be newly planned now.
+    outbox = outbox_rows(extraction.warehouse)
+    imports = outbox.filter((pl.col("operation") == "import") & (pl.col("state") == "confirmed")).height
+    still = states.filter((pl.col("state") == "planned") & pl.col("outbox_state").ne_missing("confirmed"))
+    creates = still.filter((pl.col("entity") == "customer") & (pl.col("operation") == "create"))
+    links = still.filter((pl.col("entity") == "customer") & (pl.col("operation") == "link"))
+    assert still.height == creates.height + links.height, still.select(
+        "tenant", "operation", "entity", "sequence_id", "reason").to_dicts()
+    assert creates.height <= imports and links.height <= creates.height
     # what a write could fix and is still there was refused by a contract, with its reason
-    # (QuickBooks here; test_xero_end_to_end.py holds Xero to the same). A customer this write-back imported into
-    # Sequence from Xero reaches QuickBooks on the next round: no plan creates a customer Sequence does not have yet
-    imported = (outbox_rows(extraction.warehouse)
-                .filter((pl.col("operation") == "import") & (pl.col("state") == "confirmed")
-                        & (pl.col("counterpart_app") != "quickbooks"))
+    # (QuickBooks here; test_xero_end_to_end.py holds Xero to the same).
+    imported = (outbox.filter((pl.col("operation") == "import") & (pl.col("state") == "confirmed")
+                              & (pl.col("counterpart_app") != "quickbooks"))
                 .select("tenant", "sequence_id"))
     left = after.filter(pl.col("proposed_action").is_in(WRITE_ACTIONS) & (pl.col("app") == "quickbooks")).join(
         imported, on=["tenant", "sequence_id"], how="anti")
