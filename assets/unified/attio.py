@@ -118,8 +118,3 @@ TABLES = {
     "deal_companies": deal_companies,
     "custom_fields": custom_fields,
 }
-
-
-def map_all(raw: RawFrames, settings: Settings | None = None) -> dict[str, pl.LazyFrame]:
-    """Every unified table Attio has, lazily."""
-    return {table: function(raw, settings) for table, function in TABLES.items()}

@@ -82,6 +82,12 @@ class Build:
         return out
 
 
+def map_all(module: ModuleType, raw: mapping.RawFrames, settings: mapping.Settings | None = None
+            ) -> dict[str, pl.LazyFrame]:
+    """Every unified table an app module maps (its TABLES: table -> function(raw, settings)), lazily."""
+    return {table: function(raw, settings) for table, function in module.TABLES.items()}
+
+
 def map_apps(raw: RawByApp, settings: mapping.Settings | None = None,
              app_settings: Mapping[str, mapping.Settings] | None = None) -> dict[str, pl.LazyFrame]:
     """Every unified table, the apps' rows one after another (lazy, with the problem columns). `app_settings`
@@ -89,7 +95,7 @@ def map_apps(raw: RawByApp, settings: mapping.Settings | None = None,
     parts: dict[str, list[pl.LazyFrame]] = {table: [] for table in TABLES}
     for app, module in APPS.items():
         own = (app_settings or {}).get(app, settings)
-        for table, frame in module.map_all(raw.get(app, {}), own).items():
+        for table, frame in map_all(module, raw.get(app, {}), own).items():
             parts[table].append(frame)
     return {table: pl.concat(frames, how="vertical") if frames else with_problem_columns(table)
             for table, frames in parts.items()}

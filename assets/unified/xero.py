@@ -221,8 +221,3 @@ TABLES = {
     "tax_codes": tax_codes,
     "custom_fields": custom_fields,
 }
-
-
-def map_all(raw: RawFrames, settings: Settings | None = None) -> dict[str, pl.LazyFrame]:
-    """Every unified table Xero has, lazily."""
-    return {table: function(raw, settings) for table, function in TABLES.items()}

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from assets.unified import quickbooks, sequence
-from assets.unified.build import validate
+from assets.unified.build import map_all, validate
 from assets.unified.mapping import PROBLEM_COLUMNS, MappingError
 from checks.unified import MODEL
 
@@ -312,7 +312,7 @@ def test_quickbooks_custom_field_arrays_become_custom_fields():
 
 def test_absent_tables_and_columns_read_as_typed_nulls():
     for module in (sequence, quickbooks):
-        for table, frame in module.map_all({}).items():
+        for table, frame in map_all(module, {}).items():
             assert rows(frame, table) == []
     raw = frames(invoice=[{"id": "1", "total_amt": Decimal(5), "balance": Decimal(5), "currency_ref__value": "GBP"}])
     row = one(quickbooks.invoices(raw), "invoices")  # no DocNumber, dates, address or metadata columns yet
