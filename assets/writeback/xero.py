@@ -493,6 +493,10 @@ def document_rows(ctx: _Context, entity: str, mapping: pl.DataFrame, customer_id
                                                               pl.col("issue_date"), pl.col("accounting_date"))))
     if "due_date" not in docs.columns:
         docs = docs.with_columns(due_date=pl.lit(None, pl.Date))
+    # Xero refuses any change to a PAID or VOIDED document ("not of valid status for modification")
+    locked = {(t, i): st for t, i, st in ctx.unified(table, XERO).filter(
+        pl.col("app_status").str.to_uppercase().is_in(["PAID", "VOIDED"]))
+        .select("tenant", "id", pl.col("app_status").str.to_uppercase()).collect().iter_rows()}
     lines = _expected_lines(ctx, line_table, docs, mapping)
     by_doc: dict[tuple[str, str], list[dict]] = {}
     for line in lines.to_dicts():
@@ -524,9 +528,13 @@ def document_rows(ctx: _Context, entity: str, mapping: pl.DataFrame, customer_id
                                                          with_lines=lines_differ)}
         if doc["expected_customer_id"] is None:
             payload.pop("Contact", None)  # an update leaves the contact as Xero has it
+        status = locked.get((doc["tenant"], target))
+        if status is not None:
+            error = (f"Status: the Xero {entity.replace('_', ' ')} is {status} and Xero refuses any change "
+                     "to it: a person decides (remove its payment in Xero, or correct it with a credit note)")
         rows.append(_row(doc["tenant"], XERO, entity, "update", doc["sequence_id"], target, payload,
                          _reasons(doc["reasons"]), depends_on=depends,
-                         error=error if error and lines_differ else None))
+                         error=error if error and (lines_differ or status is not None) else None))
     return rows
 
 

@@ -97,8 +97,9 @@ def run(extraction):
     seen["crashed_before"] = crashed["idempotency_key"]
 
     # an invoice whose sync failed (QuickBooks refused it): re-synced by hand, as from Sequence's dashboard
-    failed = planned.filter((pl.col("operation") == "create") & (pl.col("entity") == "invoice")
-                            & (pl.col("depends_on").list.len() == 0)).row(0, named=True)
+    failed = planned.filter((pl.col("app") == "quickbooks") & (pl.col("operation") == "create")
+                            & (pl.col("entity") == "invoice") & (pl.col("depends_on").list.len() == 0)
+                            ).row(0, named=True)
     set_rows(warehouse, "state = 'failed', attempts = 1, request_id = idempotency_key, retriable = false, "
                         "error = 'quickbooks 400 [6000] injected' where idempotency_key = ?",
              [failed["idempotency_key"]])

@@ -215,6 +215,13 @@ def test_a_paid_invoice_is_not_voided_and_a_draft_is_deleted(books):
     assert write(plan, "void", sequence_id="inv-part")["payload"]["Status"] == "DELETED"
 
 
+def test_a_paid_xero_invoice_is_not_updated_and_a_person_is_told_why(books):
+    # Xero refuses any change to a PAID (or VOIDED) document: the update is skipped with the reason, not sent
+    books.edit("invoices", XERO, INV_DUE, app_status="PAID", status="PAID")
+    update = write(books.plan(), "update", sequence_id="inv-due")
+    assert update["state"] == "skipped" and "is PAID and Xero refuses any change" in update["error"]
+
+
 def test_an_invalid_payload_is_skipped_with_its_record_field_and_reason(books):
     books.settings["tax_codes"] = {"cat-std": "NOSUCHTAX"}
     books.edit("customers", SEQ, "c-new", name="Fresh " * 50)
