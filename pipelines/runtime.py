@@ -387,6 +387,9 @@ def mismatches_by_action(warehouse: Path) -> dict[str, int]:
                                 "order by 2 desc").fetchall())
 
 
+MAX_DEMO_ROUNDS = 3
+
+
 def demo_write_back(echo: Callable[[str], None] = print) -> dict[str, bool]:
     """After the first reconciliation: plan -> apply on the sandbox -> extract, unify and reconcile again, and say
     what is left: no write should remain to make; what remains needs a person (review, settings) or was refused
@@ -402,15 +405,24 @@ def demo_write_back(echo: Callable[[str], None] = print) -> dict[str, bool]:
     before = mismatches_by_action(warehouse_path())
     echo(f"[writeback] reconciliation found {sum(before.values())} mismatches; {writable(before)} a write can fix ("
          + ", ".join(f"{a} {n}" for a, n in before.items() if a in WRITE_ACTIONS) + ")")
-    ok = write_back(DagsterInstance.get(), defs.resources, echo)
-    echo("[writeback] extracting, unifying and reconciling again ...")
-    results = {f"after-writeback {k}": v for k, v in materialize_all(echo=echo).items()}
-    after = mismatches_by_action(warehouse_path())
-    planned = _replan()
-    rows = planned.plan.join(planned.states, on="idempotency_key", how="left").to_dicts()
-    # still to write: a planned row not confirmed yet; refused: a row a contract (or a dependency) holds back
-    to_write = [r for r in rows if r["state"] == "planned" and r["outbox_state"] != "confirmed"]
-    refused = [r for r in rows if r["state"] == "skipped"]
+    ok, results = True, {}
+    # A customer imported into Sequence from one accounting system is created in the tenant's other one by the
+    # next round (its Sequence id exists only once the import is confirmed), so the loop runs until nothing is
+    # left to write, at most MAX_DEMO_ROUNDS times.
+    for round_number in range(1, MAX_DEMO_ROUNDS + 1):
+        ok = write_back(DagsterInstance.get(), defs.resources, echo) and ok
+        echo("[writeback] extracting, unifying and reconciling again ...")
+        results.update({f"after-writeback {k}": v for k, v in materialize_all(echo=echo).items()})
+        after = mismatches_by_action(warehouse_path())
+        planned = _replan()
+        rows = planned.plan.join(planned.states, on="idempotency_key", how="left").to_dicts()
+        # still to write: a planned row not confirmed yet; refused: a row a contract (or a dependency) holds back
+        to_write = [r for r in rows if r["state"] == "planned" and r["outbox_state"] != "confirmed"]
+        refused = [r for r in rows if r["state"] == "skipped"]
+        if not to_write or round_number == MAX_DEMO_ROUNDS:
+            break
+        echo(f"[writeback] round {round_number + 1}: {len(to_write)} writes follow from round {round_number}'s "
+             "imports (a customer imported from one system is created in the tenant's other one) ...")
     people = ", ".join(f"{a} {n}" for a, n in after.items() if a not in WRITE_ACTIONS)
     if not to_write:
         echo(f"[demo] no actionable mismatch left: {writable(before)} mismatches a write could fix before, "
