@@ -388,6 +388,18 @@ def mismatches_by_action(warehouse: Path) -> dict[str, int]:
 
 
 MAX_DEMO_ROUNDS = 3
+WRITTEN_BACK_APPS = ("quickbooks", "xero", "sequence")  # the apps write-back plans for so far
+
+
+def _unplanned_by_app(warehouse: Path) -> dict[str, int]:
+    """Mismatches a write would fix, in apps write-back does not plan for yet (the CRMs)."""
+    from assets.writeback.plan import WRITE_ACTIONS
+
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return dict(con.execute(
+            "select app, count(*) from reconcile.mismatches where proposed_action in (select unnest(?)) "
+            "and app not in (select unnest(?)) group by 1 order by 1",
+            [list(WRITE_ACTIONS), list(WRITTEN_BACK_APPS)]).fetchall())
 
 
 def demo_write_back(echo: Callable[[str], None] = print) -> dict[str, bool]:
@@ -425,8 +437,12 @@ def demo_write_back(echo: Callable[[str], None] = print) -> dict[str, bool]:
              "imports (a customer imported from one system is created in the tenant's other one) ...")
     people = ", ".join(f"{a} {n}" for a, n in after.items() if a not in WRITE_ACTIONS)
     if not to_write:
-        echo(f"[demo] no actionable mismatch left: {writable(before)} mismatches a write could fix before, "
+        echo(f"[demo] no write left to make: {writable(before)} mismatches a write could fix before, "
              f"0 writes left to make now." + (f" Left for a person: {people}." if people else ""))
+        unplanned = _unplanned_by_app(warehouse_path())
+        if unplanned:
+            echo("[demo] not written back yet (CRM write-back is still to come): " + ", ".join(
+                f"{app} {n}" for app, n in unplanned.items()) + " mismatches a write would fix")
     else:
         echo(f"[demo] {len(to_write)} writes still to make after write-back:")
         for r in to_write:
