@@ -3,7 +3,7 @@ names, at the moment the client is built (never at import time)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from connectors.attio import AttioClient
@@ -35,40 +35,31 @@ def build_client(connection: Connection, *, token_store: TokenStore, environ: Ma
             **client_options,
         )
     if connection.app == "quickbooks":
-        auth = OAuth2RefreshAuth(
-            str(connection.options.get("token_url") or token_url_for(connection.base_url)),
-            connection.secret("client_id", environ),
-            connection.secret("client_secret", environ),
-            token_store,
-            connection.key,
-            initial_refresh_token=connection.secret("refresh_token", environ),
-            app="quickbooks",
-        )
+        auth = _oauth(connection, token_url_for, token_store, environ)
         return QuickBooksClient(connection.base_url, str(connection.options["realm_id"]), auth, **client_options)
     if connection.app == "xero":
-        auth = OAuth2RefreshAuth(
-            str(connection.options.get("token_url") or xero_token_url_for(connection.base_url)),
-            connection.secret("client_id", environ),
-            connection.secret("client_secret", environ),
-            token_store,
-            connection.key,
-            initial_refresh_token=connection.secret("refresh_token", environ),
-            app="xero",
-        )
+        auth = _oauth(connection, xero_token_url_for, token_store, environ)
         return XeroClient(connection.base_url, str(connection.options["xero_tenant_id"]), auth, **client_options)
+    if connection.app == "salesforce":
+        auth = _oauth(connection, salesforce_token_url_for, token_store, environ)
+        return SalesforceClient(connection.base_url, auth, **client_options)
     if connection.app == "hubspot":
         return HubSpotClient(connection.base_url, connection.secret("access_token", environ), **client_options)
     if connection.app == "attio":
         return AttioClient(connection.base_url, connection.secret("access_token", environ), **client_options)
-    if connection.app == "salesforce":
-        auth = OAuth2RefreshAuth(
-            str(connection.options.get("token_url") or salesforce_token_url_for(connection.base_url)),
-            connection.secret("client_id", environ),
-            connection.secret("client_secret", environ),
-            token_store,
-            connection.key,
-            initial_refresh_token=connection.secret("refresh_token", environ),
-            app="salesforce",
-        )
-        return SalesforceClient(connection.base_url, auth, **client_options)
     raise ValueError(f"connection {connection.key}: no client for app {connection.app!r}")
+
+
+def _oauth(connection: Connection, default_token_url: Callable[[str], str], token_store: TokenStore,
+           environ: Mapping[str, str] | None) -> OAuth2RefreshAuth:
+    """OAuth2 refresh for a connection: the registry's `token_url`, else the app's default for its base URL;
+    rotated refresh tokens persist in the token store under the connection's key."""
+    return OAuth2RefreshAuth(
+        str(connection.options.get("token_url") or default_token_url(connection.base_url)),
+        connection.secret("client_id", environ),
+        connection.secret("client_secret", environ),
+        token_store,
+        connection.key,
+        initial_refresh_token=connection.secret("refresh_token", environ),
+        app=connection.app,
+    )
