@@ -518,7 +518,8 @@ FIELD_MAPS: dict[str, dict[str, FieldMap]] = {
             "currency": "default_currency",
             # Xero has no taxable flag: the contact's sales tax type says it, read against the settings' codes
             "tax_status": pl.when(pl.col("accounts_receivable_tax_type").is_null()).then(None)
-            .when(pl.col("accounts_receivable_tax_type") == pl.col("_reverse_charge_code")).then(pl.lit("REVERSE_CHARGED"))
+            .when(pl.col("accounts_receivable_tax_type") == pl.col("_reverse_charge_code"))
+            .then(pl.lit("REVERSE_CHARGED"))
             .when(pl.col("accounts_receivable_tax_type") == pl.col("_exempt_code")).then(pl.lit("TAX_EXEMPT"))
             .otherwise(pl.lit("TAXED")),
             "tax_id": "tax_number",
@@ -938,6 +939,19 @@ def raw_table(raw: RawFrames, app: str, table: str, columns: RawSchema) -> pl.La
         else:
             raise MappingError(f"raw_{app}.{table}.{column} is {actual}; the unified mapping reads it as {dtype}")
     return frame.with_columns(fixes) if fixes else frame
+
+
+def accounting_settings(settings: Settings | None, app_home: pl.LazyFrame) -> pl.LazyFrame:
+    """Per tenant of an accounting app: its home currency (what the app says, `app_home`: tenant, _app_home;
+    else the settings') and the tax codes the settings give exempt and reverse-charged customers."""
+    configured = settings_frame(settings, {"_settings_home": "home_currency",
+                                           "_reverse_charge_code": "reverse_charge_tax_code",
+                                           "_exempt_code": "exempt_tax_code"})
+    home = app_home.group_by("tenant").agg(pl.col("_app_home").drop_nulls().first())
+    return (configured.join(home, on="tenant", how="full", coalesce=True, validate="1:1")
+            .select("tenant", "_reverse_charge_code", "_exempt_code",
+                    pl.coalesce(currency(pl.col("_app_home")), currency(pl.col("_settings_home")))
+                    .alias("_home_currency")))
 
 
 def settings_frame(settings: Settings | None, columns: Mapping[str, str]) -> pl.LazyFrame:

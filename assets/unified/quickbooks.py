@@ -76,17 +76,10 @@ def _raw(raw: RawFrames, table: str) -> pl.LazyFrame:
 
 
 def _tenant_settings(raw: RawFrames, settings: Settings | None) -> pl.LazyFrame:
-    """Per tenant: home currency (the company's preferences, else the settings) and the tax codes settings
-    give exempt and reverse-charged customers."""
-    configured = mapping.settings_frame(settings, {"_settings_home": "home_currency",
-                                                   "_reverse_charge_code": "reverse_charge_tax_code",
-                                                   "_exempt_code": "exempt_tax_code"})
-    preferences = (_raw(raw, "preferences").group_by("tenant")
-                   .agg(pl.col("currency_prefs__home_currency__value").drop_nulls().first().alias("_prefs_home")))
-    return (configured.join(preferences, on="tenant", how="full", coalesce=True, validate="1:1")
-            .select("tenant", "_reverse_charge_code", "_exempt_code",
-                    pl.coalesce(mapping.currency(pl.col("_prefs_home")),
-                                mapping.currency(pl.col("_settings_home"))).alias("_home_currency")))
+    """Home currency (the company's preferences, else the settings') and the exempt / reverse-charge codes."""
+    return mapping.accounting_settings(
+        settings, _raw(raw, "preferences").select(
+            "tenant", pl.col("currency_prefs__home_currency__value").alias("_app_home")))
 
 
 def _with_settings(frame: pl.LazyFrame, raw: RawFrames, settings: Settings | None) -> pl.LazyFrame:

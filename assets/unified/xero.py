@@ -78,17 +78,9 @@ def _raw(raw: RawFrames, table: str) -> pl.LazyFrame:
 
 
 def _tenant_settings(raw: RawFrames, settings: Settings | None) -> pl.LazyFrame:
-    """Per tenant: the base currency (the organisation's, else the settings') and the tax types the settings
-    give exempt and reverse-charged customers."""
-    configured = mapping.settings_frame(settings, {"_settings_home": "home_currency",
-                                                   "_reverse_charge_code": "reverse_charge_tax_code",
-                                                   "_exempt_code": "exempt_tax_code"})
-    organisation = (_raw(raw, "organisation").group_by("tenant")
-                    .agg(pl.col("base_currency").drop_nulls().first().alias("_org_home")))
-    return (configured.join(organisation, on="tenant", how="full", coalesce=True, validate="1:1")
-            .select("tenant", "_reverse_charge_code", "_exempt_code",
-                    pl.coalesce(mapping.currency(pl.col("_org_home")),
-                                mapping.currency(pl.col("_settings_home"))).alias("_home_currency")))
+    """Home currency (the organisation's base currency, else the settings') and the exempt / reverse-charge codes."""
+    return mapping.accounting_settings(
+        settings, _raw(raw, "organisation").select("tenant", pl.col("base_currency").alias("_app_home")))
 
 
 def _billing_addresses(raw: RawFrames) -> pl.LazyFrame:
