@@ -115,12 +115,8 @@ def custom_columns(table: str, columns: list[str]) -> list[str]:
 
 
 def custom_fields(raw: RawFrames, settings: Settings | None = None) -> pl.LazyFrame:
-    frames = []
-    for table, name in ENTITY_TABLES.items():
-        source = _live(raw, name)
-        automatic = custom_columns(table, source.collect_schema().names())
-        frames.append(mapping.crm_custom_fields(APP, table, source, automatic, settings, prefix=PREFIX))
-    return mapping.with_problems(mapping.unique_custom_fields(frames))
+    sources = {table: _live(raw, name) for table, name in ENTITY_TABLES.items()}
+    return mapping.crm_custom_field_rows(APP, sources, custom_columns, settings, prefix=PREFIX)
 
 
 TABLES = {

@@ -36,7 +36,7 @@ the entity's source frame (a raw column the warehouse has not seen yet reads as 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -1041,6 +1041,17 @@ def with_stage_flags(app: str, source: pl.LazyFrame, stage: pl.Expr, settings: S
                                    pl.lit(None, pl.Boolean).alias("_is_won"))
     return source.with_columns(closed.otherwise(pl.lit(None, pl.Boolean)).alias("_is_closed"),
                                won_.otherwise(pl.lit(None, pl.Boolean)).alias("_is_won"))
+
+
+def crm_custom_field_rows(app: str, sources: Mapping[str, pl.LazyFrame],
+                          automatic: Callable[[str, list[str]], list[str]], settings: Settings | None, *,
+                          prefix: str = "") -> pl.LazyFrame:
+    """unified.custom_fields of a CRM: for each unified table's source frame, the columns `automatic(table,
+    columns)` flags as the app's own custom fields plus the ones tenants list (crm_custom_fields)."""
+    frames = [crm_custom_fields(app, table, source, automatic(table, source.collect_schema().names()), settings,
+                                prefix=prefix)
+              for table, source in sources.items()]
+    return with_problems(unique_custom_fields(frames))
 
 
 def crm_custom_fields(app: str, table: str, source: pl.LazyFrame, automatic: list[str], settings: Settings | None,
