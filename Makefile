@@ -28,6 +28,7 @@ dev: install  ## the Dagster UI on the sandbox
 bench: install  ## benchmarks with their named peers (not part of the tests)
 	$(VENV)/bin/python -m tests.bench.bench_extract
 	$(VENV)/bin/python -m tests.bench.bench_extract_xero
+	$(VENV)/bin/python -m tests.bench.bench_extract_crm
 	$(VENV)/bin/python -m tests.bench.bench_reconcile
 	$(VENV)/bin/python -m tests.bench.bench_writeback
 

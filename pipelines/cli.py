@@ -174,12 +174,20 @@ def _screenshot(html: Path) -> None:
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--warehouse", type=click.Path(path_type=Path), default=None, help="Default: $LEDGERLINK_WAREHOUSE or data/warehouse.duckdb.")
-def sql(query: str, fmt: str, warehouse: Path | None) -> None:
-    """Run ad-hoc SQL over the warehouse (read-only)."""
+@click.option("--wait", "wait", type=float, default=15.0, show_default=True,
+              help="Seconds to wait for a load that is writing the warehouse before giving up.")
+def sql(query: str, fmt: str, warehouse: Path | None, wait: float) -> None:
+    """Run ad-hoc SQL over the warehouse (read-only). The warehouse is opened for the query only, so a load
+    that starts meanwhile just waits for it; while a load is writing, the query waits up to --wait seconds.
+    (It reads the live file, not a copy: a consistent copy would need the same lock.)"""
     import duckdb
 
+    from assets.warehouse import wait_for_warehouse
+
+    path = warehouse or runtime.warehouse_path()
     try:
-        click.echo(runtime.run_sql(query, warehouse or runtime.warehouse_path(), fmt), nl=False)
+        click.echo(wait_for_warehouse(lambda: runtime.run_sql(query, path, fmt), path, read_only=True, wait=wait),
+                   nl=False)
     except (FileNotFoundError, duckdb.Error) as exc:
         raise click.ClickException(str(exc)) from None
 

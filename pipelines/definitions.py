@@ -11,7 +11,7 @@ from assets.resources import Ledgerlink
 from assets.unified.assets import UNIFIED_ASSETS
 from assets.unified.crm import CRM_ASSETS
 from assets.writeback.assets import WRITEBACK_ASSETS
-from pipelines.schedules import CHECKS_JOB, RECONCILE_JOB, SCHEDULES, reconcile_after_sync
+from pipelines.schedules import CHECKS_JOB, RECONCILE_JOB, REPORT_JOB, SCHEDULES, reconcile_after_sync
 from pipelines.schedules import EXTRACT_JOBS as EXTRACT_JOBS_BY_APP
 from pipelines.sensors import connection_changes, connection_partitions_sensor
 
@@ -20,7 +20,7 @@ EXTRACT_JOBS = list(EXTRACT_JOBS_BY_APP.values())
 defs = Definitions(
     assets=[*RAW_ASSETS.values(), *UNIFIED_ASSETS, *CRM_ASSETS, *RECONCILE_ASSETS, *REPORT_ASSETS, *WRITEBACK_ASSETS],
     asset_checks=QUALITY_CHECKS,
-    jobs=[*EXTRACT_JOBS, RECONCILE_JOB, CHECKS_JOB],
+    jobs=[*EXTRACT_JOBS, RECONCILE_JOB, REPORT_JOB, CHECKS_JOB],
     schedules=SCHEDULES,
     sensors=[connection_partitions_sensor, connection_changes, reconcile_after_sync],
     resources={"dlt": DagsterDltResource(), "ledgerlink": Ledgerlink()},

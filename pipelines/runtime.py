@@ -116,10 +116,10 @@ def forget_tokens(registry_doc: dict) -> None:
 
 
 def sync_partitions(instance=None) -> dict[str, list[str]]:
-    """Adds the registry's connections as partitions (the sensor does the same inside `dagster dev`)."""
+    """Adds the registry's connections and tenants as partitions (the sensor does the same inside `dagster dev`)."""
     from dagster import DagsterInstance
 
-    from assets.partitions import CONNECTION_PARTITIONS
+    from assets.partitions import CONNECTION_PARTITIONS, TENANT_PARTITIONS
 
     os.environ.update(dagster_environment())
     instance = instance or DagsterInstance.get()
@@ -132,15 +132,18 @@ def sync_partitions(instance=None) -> dict[str, list[str]]:
         if missing:
             instance.add_dynamic_partitions(partitions.name, missing)
         keys[app] = wanted
+    have = set(instance.get_dynamic_partitions(TENANT_PARTITIONS.name))
+    if missing := [t for t in registry.tenants if t not in have]:
+        instance.add_dynamic_partitions(TENANT_PARTITIONS.name, missing)
     return keys
 
 
 def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[str] | None = None,
                     echo: Callable[[str], None] = print) -> dict[str, bool]:
-    """Materializes each app's extraction assets for each connection, one run per connection, then the unified
-    model in one run (`results["unified"]`) and the reconciliation in another (`results["reconcile"]`), recorded
-    in the persistent Dagster instance (so the UI shows them).
-    A failing connection does not stop the others."""
+    """Materializes each app's extraction assets for each connection, one run per connection, then per tenant
+    the unified model and the reconciliation in one run of its partition (`results["reconcile <tenant>"]`),
+    recorded in the persistent Dagster instance (so the UI shows them).
+    A failing connection, or tenant, does not stop the others."""
     from dagster import DagsterInstance, materialize
 
     from assets.extract.assets import RAW_ASSETS
@@ -170,21 +173,25 @@ def materialize_all(*, apps: Iterable[str] | None = None, partitions: Iterable[s
             )
             results[key] = result.success
             echo(f"[extract] {key} {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
-    # the unified model is rebuilt from whatever raw holds, every tenant in one run (unpartitioned)
-    echo("[unified] all tenants ...")
-    result = materialize(UNIFIED_ASSETS, instance=instance, resources=resources, raise_on_error=False,
-                         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
-    results["unified"] = result.success
-    echo(f"[unified] {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
-    # links, then mismatches, from the unified tables (every tenant in one run)
-    echo("[reconcile] all tenants ...")
-    result = materialize(RECONCILE_ASSETS, instance=instance, resources=resources, raise_on_error=False,
-                         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
-    results["reconcile"] = result.success
-    echo(f"[reconcile] {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
+    # then per tenant (its `tenants` partition), in a run of its own: its unified model, then its links and
+    # mismatches; a tenant that fails fails its own run, the others go on
+    for tenant in tenants_of_registry(keys):
+        echo(f"[reconcile] {tenant}: unified model and reconciliation ...")
+        result = materialize([*UNIFIED_ASSETS, *RECONCILE_ASSETS], instance=instance, resources=resources,
+                             partition_key=tenant, raise_on_error=False,
+                             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        results[f"reconcile {tenant}"] = result.success
+        echo(f"[reconcile] {tenant} {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
     # keep last: the checks and the report read what every step above wrote
     results.update(check_and_report(instance, resources, echo))
     return results
+
+
+def tenants_of_registry(keys: dict[str, list[str]]) -> list[str]:
+    """The tenants that have a connection, from sync_partitions' answer."""
+    from assets.partitions import tenants_of
+
+    return tenants_of(k for app_keys in keys.values() for k in app_keys)
 
 
 def check_and_report(instance, resources, echo: Callable[[str], None] = print) -> dict[str, bool]:
@@ -328,28 +335,41 @@ def resync_invoice(invoice: str, *, write: bool = False, echo: Callable[[str], N
 
 
 def write_back(instance, resources, echo: Callable[[str], None] = print, *, allow_writes: bool = False) -> bool:
-    """The write-back assets in one run (plan, then apply), recorded in the Dagster instance."""
+    """The write-back assets (plan, then apply), one run per tenant (its partition), recorded in the Dagster
+    instance; a tenant whose write-back fails does not stop the others'."""
     from dagster import materialize
 
     from assets.writeback.assets import APPLY_KEY, PLAN_KEY, WRITEBACK_ASSETS
 
     echo("[writeback] plan and apply ...")
-    result = materialize(WRITEBACK_ASSETS, instance=instance, resources=resources, raise_on_error=False,
-                         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
-                                     "ops": {"writeback__apply": {"config": {"allow_writes": allow_writes}}}})
-    meta = {tuple(e.materialization.asset_key.path): e.materialization.metadata
-            for e in result.get_asset_materialization_events()}
-    plan, applied = meta.get(tuple(PLAN_KEY.path), {}), meta.get(tuple(APPLY_KEY.path), {})
-    if plan:
-        echo(f"[writeback] planned {plan['writes_planned'].value} writes "
-             f"({plan['writes_skipped'].value} refused by a contract or waiting on one)")
+    planned = skipped = 0
+    applied: dict[str, int] = {}
+    ok = True
+    for tenant in tenants_of_registry(sync_partitions(instance)):
+        result = materialize(WRITEBACK_ASSETS, instance=instance, resources=resources, partition_key=tenant,
+                             raise_on_error=False,
+                             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                                         "ops": {"writeback__apply": {"config": {"allow_writes": allow_writes}}}})
+        meta = {tuple(e.materialization.asset_key.path): e.materialization.metadata
+                for e in result.get_asset_materialization_events()}
+        plan, done = meta.get(tuple(PLAN_KEY.path), {}), meta.get(tuple(APPLY_KEY.path), {})
+        if "writes_planned" in plan:
+            planned, skipped = planned + plan["writes_planned"].value, skipped + plan["writes_skipped"].value
+        for key in ("confirmed", "failed", "skipped", "waiting", "requests_total"):
+            if key in done:
+                applied[key] = applied.get(key, 0) + done[key].value
+        if not result.success:
+            echo(f"[writeback] {tenant} FAILED (see the run in the Dagster UI)")
+        ok = ok and result.success
+    echo(f"[writeback] planned {planned} writes ({skipped} refused by a contract or waiting on one)")
     for line in outbox_summary(warehouse_path()):
         echo(f"[writeback]   {line}")
     if applied:
-        echo("[writeback] " + ", ".join(f"{applied[k].value} {k}" for k in ("confirmed", "failed", "skipped", "waiting"))
-             + f", {applied['requests_total'].value} HTTP requests")
-    echo(f"[writeback] {'ok' if result.success else 'FAILED (see the run in the Dagster UI)'}")
-    return result.success
+        echo("[writeback] " + ", ".join(f"{applied.get(k, 0)} {k}"
+                                        for k in ("confirmed", "failed", "skipped", "waiting"))
+             + f", {applied.get('requests_total', 0)} HTTP requests")
+    echo(f"[writeback] {'ok' if ok else 'FAILED (see the runs in the Dagster UI)'}")
+    return ok
 
 
 def outbox_summary(warehouse: Path) -> list[str]:
@@ -388,7 +408,8 @@ def mismatches_by_action(warehouse: Path) -> dict[str, int]:
 
 
 MAX_DEMO_ROUNDS = 3
-WRITTEN_BACK_APPS = ("quickbooks", "xero", "sequence")  # the apps write-back plans for so far
+WRITTEN_BACK_APPS = ("quickbooks", "xero", "sequence", "hubspot", "salesforce", "attio")  # write-back plans for these
+CRM_APPS = ("hubspot", "salesforce", "attio")
 
 
 def _unplanned_by_app(warehouse: Path) -> dict[str, int]:
@@ -400,6 +421,14 @@ def _unplanned_by_app(warehouse: Path) -> dict[str, int]:
             "select app, count(*) from reconcile.mismatches where proposed_action in (select unnest(?)) "
             "and app not in (select unnest(?)) group by 1 order by 1",
             [list(WRITE_ACTIONS), list(WRITTEN_BACK_APPS)]).fetchall())
+
+
+def _crm_written(warehouse: Path) -> dict[str, int]:
+    """Confirmed writes on the CRMs' behalf: their companies' fields, new companies, customers imported from them."""
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return dict(con.execute(
+            "select counterpart_app, count(*) from writeback.outbox where state = 'confirmed' "
+            "and counterpart_app in (select unnest(?)) group by 1 order by 1", [list(CRM_APPS)]).fetchall())
 
 
 def demo_write_back(echo: Callable[[str], None] = print) -> dict[str, bool]:
@@ -439,9 +468,13 @@ def demo_write_back(echo: Callable[[str], None] = print) -> dict[str, bool]:
     if not to_write:
         echo(f"[demo] no write left to make: {writable(before)} mismatches a write could fix before, "
              f"0 writes left to make now." + (f" Left for a person: {people}." if people else ""))
+        written = _crm_written(warehouse_path())
+        if written:
+            echo("[demo] CRM mismatches written back: " + ", ".join(f"{app} {n}" for app, n in written.items())
+                 + " writes confirmed (company fields, new companies, customers imported from closed-won deals)")
         unplanned = _unplanned_by_app(warehouse_path())
         if unplanned:
-            echo("[demo] not written back yet (CRM write-back is still to come): " + ", ".join(
+            echo("[demo] not written back (no write-back for these apps): " + ", ".join(
                 f"{app} {n}" for app, n in unplanned.items()) + " mismatches a write would fix")
     else:
         echo(f"[demo] {len(to_write)} writes still to make after write-back:")

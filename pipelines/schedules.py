@@ -6,22 +6,30 @@
 - `complete_sweep_<app>` (nightly, 02:00 UTC): the same runs tagged `ledgerlink/sweep=complete`; each source then
   reads everything (`full=True`, assets/extract/assets.py), the read that may detect deletes an incremental read cannot
   (QuickBooks ids gone from a sweep, Salesforce's recycle bin via queryAll, Attio and Sequence records missing).
-- `reconcile_after_sync` (sensor, every 5 s: it only reads the run history): once extraction runs have
-  finished and none is still queued or in progress, one run of `reconcile_and_write_back` (unified -> reconcile
-  -> write-back plan and apply -> report), then one of `quality_checks`.
+- `reconcile_after_sync` (sensor, every 5 s: it only reads the run history), in two steps:
+  1. per tenant: once that tenant's extraction runs have finished and none of its own is still queued or in
+     progress, one run of `reconcile_and_write_back` for that tenant's partition (`tenants`: unified -> reconcile
+     -> write-back plan and apply), run key `reconcile:<tenant>:<its newest finished sync>`. A tenant whose
+     extraction hangs, or whose reconciliation fails, holds back no other tenant: each has its own runs.
+  2. once no reconciliation run is queued or in progress and some finished (succeeded or failed) since the last
+     report: one run of `data_quality_report` (every tenant) and one of `quality_checks`.
 
 Why a chaining sensor rather than the alternatives:
-- Declarative automation (`AutomationCondition.eager()` on the unpartitioned unified/reconcile assets) does see
-  the dynamic partitions upstream, but it needs conditions on every downstream asset (the write-back assets are
-  not this module's), it fires on each upstream partition's update (a 15-minute round of N connections would
-  launch up to N reconciliations unless tuned with `any_deps_in_progress`), and its blocking asset checks would
-  hold reconciliation back for every tenant when one tenant has a bad row.
+- Declarative automation (`AutomationCondition.eager()`) would need conditions on every downstream asset (the
+  write-back assets are not this module's), fires on each upstream partition's update (a 15-minute round of N
+  connections of one tenant would launch up to N reconciliations of it unless tuned), cannot see the
+  connection -> tenant mapping (assets/partitions.py: the daemon drops custom partition mappings), and its
+  blocking asset checks would hold reconciliation back when a tenant has a bad row.
 - A `run_status_sensor` on success of the extraction jobs fires once per finished run: N runs, N reconciliations.
-- This sensor debounces: it waits until no extraction is queued or running, then asks for one reconciliation for
-  everything that finished since its cursor (the newest finished run's update time), whether the extraction came
-  from a schedule, the change sensor (pipelines/sensors.py) or a backfill launched in the UI. Its run key makes a
-  repeated tick harmless. The quality checks run in a run of their own (as `ledgerlink demo` does): their failures
-  are findings for the report, not a reason to stop every tenant's reconciliation.
+- This sensor debounces per tenant: it asks for one reconciliation of a tenant for everything of that tenant that
+  finished since its cursor, whether the extraction came from a schedule, the change sensor (pipelines/sensors.py)
+  or a backfill launched in the UI. Its run keys make a repeated tick harmless. The report and the quality checks
+  run in runs of their own (as `ledgerlink demo` does): the checks' failures are findings for the report, not a
+  reason to stop any tenant's reconciliation.
+
+Backfills from the UI over `tenants` (the reconcile job or its assets): one run per tenant (Dagster's default
+policy for dynamic partitions), so a failing tenant fails only its own run there too; the assets accept a
+partition range as well (each tenant in its own transaction) should a single-run policy be chosen.
 
 Concurrency: every step that touches the warehouse takes the `warehouse` pool (limit 1 in dagster.yaml, written
 by pipelines/runtime.dagster_home), so the runs these schedules launch together queue rather than collide on the
@@ -30,8 +38,9 @@ single DuckDB writer.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import orjson
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
@@ -41,6 +50,7 @@ from dagster import (
     RunsFilter,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     define_asset_job,
     in_process_executor,
@@ -49,7 +59,7 @@ from dagster import (
 )
 
 from assets.extract.assets import COMPLETE_SWEEP, RAW_ASSETS, SWEEP_TAG
-from assets.partitions import CONNECTION_PARTITIONS
+from assets.partitions import CONNECTION_PARTITIONS, TENANT_PARTITIONS, tenant_of
 from assets.quality.asset_checks import QUALITY_CHECKS
 from assets.reconcile.assets import RECONCILE_ASSETS
 from assets.reports.assets import REPORT_ASSETS
@@ -66,12 +76,15 @@ EXTRACT_JOBS = {app: define_asset_job(f"extract_{app}", selection=[assets_def], 
                 for app, assets_def in RAW_ASSETS.items()}
 RECONCILE_JOB = define_asset_job(
     "reconcile_and_write_back",
-    selection=AssetSelection.assets(*UNIFIED_ASSETS, *RECONCILE_ASSETS, *WRITEBACK_ASSETS, *REPORT_ASSETS)
-    .without_checks(),
+    selection=AssetSelection.assets(*UNIFIED_ASSETS, *RECONCILE_ASSETS, *WRITEBACK_ASSETS).without_checks(),
+    partitions_def=TENANT_PARTITIONS,
     executor_def=in_process_executor,
-    description="Every tenant: the unified model, the reconciliation, the write-back (plan, then apply: the sandbox "
-                "is written to, other apps only with allow_writes) and the data-quality report.",
+    description="One tenant (partition): its unified model, its reconciliation and its write-back (plan, then "
+                "apply: the sandbox is written to, other apps only with allow_writes).",
 )
+REPORT_JOB = define_asset_job("data_quality_report", selection=AssetSelection.assets(*REPORT_ASSETS),
+                              executor_def=in_process_executor,
+                              description="The data-quality report over every tenant and app.")
 CHECKS_JOB = define_asset_job("quality_checks", selection=AssetSelection.checks(*QUALITY_CHECKS),
                               executor_def=in_process_executor,
                               description="The data-quality checks of the unified tables (findings go to "
@@ -118,6 +131,9 @@ SWEEP_SCHEDULES = {app: f"complete_sweep_{app}" for app in RAW_ASSETS}
 IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
                DagsterRunStatus.STARTED]
 _RAW_KEYS = frozenset(key for assets_def in RAW_ASSETS.values() for key in assets_def.keys)
+_TENANT_KEYS = frozenset(key for assets_def in (*UNIFIED_ASSETS, *RECONCILE_ASSETS, *WRITEBACK_ASSETS)
+                         for key in assets_def.keys)
+ANY_TENANT = "*"  # an extraction run that names no connection concerns every tenant
 
 
 def is_extraction(run) -> bool:
@@ -125,36 +141,123 @@ def is_extraction(run) -> bool:
     return run.job_name.startswith("extract_") or bool(set(run.asset_selection or ()) & _RAW_KEYS)
 
 
-def follow_up(instance, cursor: str | None) -> tuple[list[RunRequest], str | None, str]:
-    """The chaining decision, separated from the sensor for tests: (requests, new cursor, why)."""
-    after = datetime.fromisoformat(cursor) if cursor else None
-    busy = [r for r in instance.get_runs(RunsFilter(statuses=IN_PROGRESS)) if is_extraction(r)]
-    if busy:
-        return [], cursor, f"{len(busy)} extraction runs still queued or running"
-    finished = [r for r in instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.SUCCESS],
-                                                               updated_after=after))
-                if is_extraction(r.dagster_run)]
-    if not finished:
-        return [], cursor, "no extraction finished since the last reconciliation"
-    newest = max(r.update_timestamp for r in finished).astimezone(UTC).isoformat()
-    connections = sorted({r.dagster_run.tags.get("ledgerlink/connection") or r.dagster_run.tags.get(
-        "dagster/partition", "?") for r in finished})
-    tags = {TRIGGER_TAG: "sync", "ledgerlink/after": ",".join(connections)[:200]}
-    return ([RunRequest(job_name=RECONCILE_JOB.name, run_key=f"reconcile:{newest}", tags=tags),
-             RunRequest(job_name=CHECKS_JOB.name, run_key=f"checks:{newest}", tags=tags)],
-            newest, f"after {len(finished)} extraction runs ({', '.join(connections)})")
+def is_reconciliation(run) -> bool:
+    """A run of a tenant's reconciliation: our job, or an asset run / UI backfill of the per-tenant assets."""
+    return run.job_name == RECONCILE_JOB.name or bool(set(run.asset_selection or ()) & _TENANT_KEYS)
 
 
-@sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING, jobs=[RECONCILE_JOB, CHECKS_JOB],
-        name="reconcile_after_sync",
-        description="Once extraction runs have finished (and none is queued or running): one reconciliation and "
-                    "write-back run for everything they loaded, then the quality checks.")
+def run_tenant(run) -> str:
+    """The tenant an extraction run concerns (`<tenant>.<app>` -> `<tenant>`), ANY_TENANT when it names none."""
+    key = run.tags.get("ledgerlink/connection") or run.tags.get("dagster/partition")
+    return tenant_of(key) if key else ANY_TENANT
+
+
+# The run storage keeps update times in whole seconds: every query reads one second back, and the runs already
+# dealt with in that second are known by id (a run finishing in the second of the last one is not missed).
+OVERLAP = timedelta(seconds=1)
+
+
+def read_cursor(cursor: str | None) -> dict:
+    """{"floor": instant, "done": {run id: its update time}, "reported": instant, "reported_ids": {...}}; an older
+    cursor (one instant) is both instants."""
+    state = {"floor": None, "done": {}, "reported": None, "reported_ids": {}}
+    if not cursor:
+        return state
+    if not cursor.startswith("{"):
+        return {**state, "floor": cursor, "reported": cursor}
+    return {**state, **orjson.loads(cursor)}
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat()
+
+
+def _since(instance, statuses: list, after: str | None, done: dict[str, str], wanted) -> list:
+    """Run records of these statuses updated from `after` (one second back) on, that `wanted` accepts and that are
+    not among `done`."""
+    start = datetime.fromisoformat(after) - OVERLAP if after else None
+    return [r for r in instance.get_run_records(RunsFilter(statuses=statuses, updated_after=start))
+            if wanted(r.dagster_run) and r.dagster_run.run_id not in set(done)]
+
+
+def _remember(done: dict[str, str], records: list, ids: set[str], floor: datetime | None) -> dict[str, str]:
+    """The runs dealt with (`done` and those of `records` in `ids`) that the next query, from `floor` one second
+    back, still reads."""
+    merged = {**done, **{r.dagster_run.run_id: _iso(r.update_timestamp) for r in records
+                         if r.dagster_run.run_id in ids}}
+    return {i: at for i, at in sorted(merged.items())
+            if floor is None or datetime.fromisoformat(at) >= floor - OVERLAP}
+
+
+def follow_up(instance, cursor: str | None, tenants: list[str] | None = None
+              ) -> tuple[list[RunRequest], str | None, str, list[str]]:
+    """The chaining decision, separated from the sensor for tests: (requests, new cursor, why, tenant partitions
+    to add first). `tenants`: the tenant partitions that exist (default: the instance's)."""
+    state = read_cursor(cursor)
+    known = list(instance.get_dynamic_partitions(TENANT_PARTITIONS.name)) if tenants is None else list(tenants)
+    busy = {run_tenant(r) for r in instance.get_runs(RunsFilter(statuses=IN_PROGRESS)) if is_extraction(r)}
+    finished = _since(instance, [DagsterRunStatus.SUCCESS], state["floor"], state["done"], is_extraction)
+    by_tenant: dict[str, list] = {}
+    for record in finished:
+        tenant = run_tenant(record.dagster_run)
+        # a run that names no connection (an unpartitioned asset run): every tenant reconciles after it
+        for each in (known if tenant == ANY_TENANT else [tenant]):
+            by_tenant.setdefault(each, []).append(record)
+    requests, reasons, held, add, consumed = [], [], [], [], set()
+    for tenant in sorted(by_tenant):
+        records = by_tenant[tenant]
+        if tenant in busy or ANY_TENANT in busy or (busy and any(run_tenant(r.dagster_run) == ANY_TENANT
+                                                                  for r in records)):
+            held += [r.update_timestamp for r in records]
+            reasons.append(f"{tenant}: extraction still queued or running")
+            continue
+        newest = max(records, key=lambda r: r.update_timestamp)
+        consumed |= {r.dagster_run.run_id for r in records}
+        if tenant not in known:
+            add.append(tenant)  # the registry sensor adds it too; asked here so this run can start now
+        connections = sorted({r.dagster_run.tags.get("ledgerlink/connection")
+                              or r.dagster_run.tags.get("dagster/partition", "?") for r in records})
+        requests.append(RunRequest(
+            job_name=RECONCILE_JOB.name, partition_key=tenant,
+            run_key=f"reconcile:{tenant}:{_iso(newest.update_timestamp)}:{newest.dagster_run.run_id}",
+            tags={TRIGGER_TAG: "sync", "ledgerlink/tenant": tenant, "ledgerlink/after": ",".join(connections)[:200]}))
+        reasons.append(f"{tenant} after {len(records)} extraction runs ({', '.join(connections)})")
+    consumed -= {r.dagster_run.run_id for t, records in by_tenant.items() if t in busy for r in records}
+    stamps = [r.update_timestamp for r in finished]
+    old_floor = datetime.fromisoformat(state["floor"]) if state["floor"] else None
+    # the next query starts at the oldest run still held back (it must be seen again), else at the newest seen
+    floor = min(held) if held else (max(stamps) if stamps else old_floor)
+    state.update(floor=_iso(floor) if floor else None, done=_remember(state["done"], finished, consumed, floor))
+
+    # 2. the report and the checks, once every reconciliation asked for has finished
+    if not requests and not any(is_reconciliation(r) for r in instance.get_runs(RunsFilter(statuses=IN_PROGRESS))):
+        done = _since(instance, [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE], state["reported"],
+                      state["reported_ids"], is_reconciliation)
+        if done:
+            newest = max(r.update_timestamp for r in done)
+            tenants_done = sorted({r.dagster_run.tags.get("dagster/partition") or "all" for r in done})
+            tags = {TRIGGER_TAG: "reconciliation", "ledgerlink/after": ",".join(tenants_done)[:200]}
+            key = f"{_iso(newest)}:{max(r.dagster_run.run_id for r in done)}"
+            requests += [RunRequest(job_name=REPORT_JOB.name, run_key=f"report:{key}", tags=tags),
+                         RunRequest(job_name=CHECKS_JOB.name, run_key=f"checks:{key}", tags=tags)]
+            reasons.append(f"report and checks after {len(done)} reconciliation runs ({', '.join(tenants_done)})")
+            state.update(reported=_iso(newest), reported_ids=_remember(
+                state["reported_ids"], done, {r.dagster_run.run_id for r in done}, newest))
+    why = "; ".join(reasons) or "no extraction nor reconciliation finished since the last tick"
+    return requests, orjson.dumps(state, option=orjson.OPT_SORT_KEYS).decode(), why, add
+
+
+@sensor(minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING,
+        jobs=[RECONCILE_JOB, REPORT_JOB, CHECKS_JOB], name="reconcile_after_sync",
+        description="Per tenant, once its extraction runs have finished (and none of its own is queued or "
+                    "running): one reconciliation and write-back run of that tenant; once those have finished, the "
+                    "data-quality report and the quality checks.")
 def reconcile_after_sync(context: SensorEvaluationContext):
-    requests, cursor, why = follow_up(context.instance, context.cursor)
+    requests, cursor, why, add = follow_up(context.instance, context.cursor)
     if cursor != context.cursor:
         context.update_cursor(cursor)
     if not requests:
         return SkipReason(why)
-    context.log.info(f"reconciling {why}")
-    return requests
-
+    context.log.info(f"requested: {why}")
+    return SensorResult(run_requests=requests,
+                        dynamic_partitions_requests=[TENANT_PARTITIONS.build_add_request(add)] if add else None)

@@ -1,5 +1,5 @@
-"""The sensors: the per-app connection partitions kept in step with connections.yaml, and near-real-time change
-detection.
+"""The sensors: the partitions kept in step with connections.yaml (the per-app connection partitions and the
+`tenants` partitions), and near-real-time change detection.
 
 `connection_changes` (every 30 s) polls each connection's cheap change signal, a small method per client,
 `changed_since(instant)`, that answers the newest change later than `instant` (or None) in one to four requests:
@@ -33,16 +33,22 @@ from dagster import (
     sensor,
 )
 
-from assets.partitions import CONNECTION_PARTITIONS
+from assets.partitions import CONNECTION_PARTITIONS, TENANT_PARTITIONS
 from assets.resources import Ledgerlink
 from connectors.registry import Connection, RegistryError
 from pipelines.schedules import EXTRACT_JOBS, TRIGGER_TAG
 
 
-def partition_requests(registry_keys: dict[str, set[str]], existing: dict[str, set[str]]) -> list:
+def partition_requests(registry_keys: dict[str, set[str]], existing: dict[str, set[str]],
+                       tenants: set[str] | None = None, have_tenants: set[str] | None = None) -> list:
+    """Add and delete requests that make the partitions match the registry: per app its connections
+    (`<tenant>.<app>`), and (when `tenants` is given) the `tenants` partitions."""
+    sets = [(partitions, registry_keys.get(app, set()), existing.get(app, set()))
+            for app, partitions in CONNECTION_PARTITIONS.items()]
+    if tenants is not None:
+        sets.append((TENANT_PARTITIONS, tenants, have_tenants or set()))
     requests = []
-    for app, partitions in CONNECTION_PARTITIONS.items():
-        wanted, have = registry_keys.get(app, set()), existing.get(app, set())
+    for partitions, wanted, have in sets:
         if wanted - have:
             requests.append(partitions.build_add_request(sorted(wanted - have)))
         if have - wanted:
@@ -58,7 +64,8 @@ def connection_partitions_sensor(context: SensorEvaluationContext, ledgerlink: L
         return SkipReason(str(exc))
     wanted = {app: set(registry.keys(app)) for app in CONNECTION_PARTITIONS}
     have = {app: set(context.instance.get_dynamic_partitions(p.name)) for app, p in CONNECTION_PARTITIONS.items()}
-    requests = partition_requests(wanted, have)
+    requests = partition_requests(wanted, have, set(registry.tenants),
+                                  set(context.instance.get_dynamic_partitions(TENANT_PARTITIONS.name)))
     if not requests:
         return SkipReason("partitions match the registry")
     return SensorResult(dynamic_partitions_requests=requests)

@@ -57,11 +57,12 @@ class Extraction:
             assert self.run(key).success, key
 
     def run_unified(self, *, raise_on_error: bool = True):
-        """The unified model, rebuilt from this warehouse's raw layer (one unpartitioned run)."""
+        """The unified model, rebuilt from this warehouse's raw layer (one run over every tenant's partition)."""
+        from assets.partitions import materialize_tenants
         from assets.unified.assets import UNIFIED_ASSETS
 
-        return materialize(UNIFIED_ASSETS, instance=self.instance, raise_on_error=raise_on_error,
-                           resources={"ledgerlink": self.resource})
+        return materialize_tenants(UNIFIED_ASSETS, instance=self.instance, raise_on_error=raise_on_error,
+                                   resources={"ledgerlink": self.resource})
 
     def fixture_records(self, tenant: str, app: str, collection: str) -> list[dict]:
         path = self.fixture_dir / tenant / app / f"{collection}.json"

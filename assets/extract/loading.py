@@ -13,8 +13,15 @@ import dlt
 import polars as pl
 import pyarrow as pa
 import pycountry
+from dlt.common.configuration import configspec
+from dlt.destinations.impl.duckdb.configuration import (
+    DuckDbClientConfiguration,
+    DuckDbConnectionPool,
+    DuckDbCredentials,
+)
 
 from assets.extract.flatten import PageTables, TableShape, column_name, table_name
+from assets.warehouse import wait_for_warehouse
 
 REJECTED_TABLE = "rejected_records"
 DELETED_COLUMN = "_deleted"
@@ -106,6 +113,40 @@ def tombstones(shape: TableShape, tenant: str, ids: list[str]) -> Iterator:
         yield _mark(rows.to_arrow(), child_hints(shape, child))
 
 
+class _WaitingPool(DuckDbConnectionPool):
+    """Every dlt sql client (state sync, Attio's id read, the load) opens the file through this pool: when another
+    process holds the warehouse (e.g. a `ledgerlink sql` reader) it waits for the lock like every other writer
+    (assets/warehouse.py wait_for_warehouse) instead of failing the load. A failed open changes no pool state, so
+    retrying the whole borrow is safe."""
+
+    def borrow_conn(self, *args, **kwargs):
+        return wait_for_warehouse(lambda: super(_WaitingPool, self).borrow_conn(*args, **kwargs),
+                                  self.credentials.database, read_only=bool(self.credentials.read_only))
+
+
+@configspec(init=False)
+class _WaitingCredentials(DuckDbCredentials):
+    def on_resolved(self) -> None:
+        super().on_resolved()
+        self.conn_pool = _WaitingPool(self)
+
+
+@configspec(init=False)
+class _WaitingDuckDbConfiguration(DuckDbClientConfiguration):
+    credentials: _WaitingCredentials = None  # type: ignore[assignment]
+
+
+class warehouse_destination(dlt.destinations.duckdb):  # noqa: N801 (dlt names destination factories so)
+    """dlt's duckdb destination whose connections wait for the warehouse's lock. It keeps the stock destination's
+    type, so dlt state, config sections and dagster-dlt see plain `duckdb`."""
+
+    spec = _WaitingDuckDbConfiguration
+
+    @property
+    def destination_type(self) -> str:
+        return "dlt.destinations.duckdb"
+
+
 def make_pipeline(app: str, tenant: str, warehouse: Path, state_dir: Path, *, dev_mode: bool = False) -> dlt.Pipeline:
     """One dlt pipeline per connection: its own incremental state, the shared raw_<app> dataset."""
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
@@ -118,7 +159,7 @@ def make_pipeline(app: str, tenant: str, warehouse: Path, state_dir: Path, *, de
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     return dlt.pipeline(
         pipeline_name=f"{app}__{tenant.replace('-', '_')}",
-        destination=dlt.destinations.duckdb(str(warehouse)),
+        destination=warehouse_destination(str(warehouse)),
         dataset_name=f"raw_{app}",
         pipelines_dir=str(state_dir / "dlt"),
         dev_mode=dev_mode,

@@ -2,12 +2,18 @@
 and the tenants' settings, run links.py / mismatches.py, replace the reconcile tables, and report counts as
 metadata (a markdown table, and numbers per kind that the Dagster UI plots over runs).
 
-Unpartitioned like the unified model they read: reconciliation needs every app's rows of a tenant side by side,
-and all tenants take seconds.
+Partitioned per tenant (`tenants`) like the unified model they read: reconciliation needs every app's rows of
+one tenant side by side, never another tenant's. A tenant's run reads only that tenant's rows and settings and
+replaces only that tenant's rows of reconcile.links and reconcile.mismatches, appends its counts to
+reconcile.mismatch_history and advances its own intervals of reconcile.mismatch_log, in one transaction; a tenant
+whose data or settings make reconciliation fail fails its own run only. A run over several tenants (a partition
+range) reconciles them one after another (each in its own transaction), drops the links and mismatches of tenants
+the registry no longer holds when it covers every tenant, and fails at the end naming the tenants that failed.
 """
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -20,8 +26,9 @@ from assets.reconcile.mismatches import ACTIONABLE_KINDS, KINDS, empty_mismatche
 from assets.reconcile.quickbooks import QUICKBOOKS
 from assets.reconcile.xero import XERO
 from assets.reconcile.rules import settings_frames
+from assets.partitions import TENANT_PARTITIONS, TenantsFailed, each_tenant, run_tenants
 from assets.resources import Ledgerlink
-from assets.warehouse import WAREHOUSE_POOL, connect, read_table, replace_tables, table_exists
+from assets.warehouse import WAREHOUSE_POOL, connect, read_table, replace_tenant_rows, retire_tenants, table_exists
 from checks.unified import MODEL, empty
 from connectors.registry import Registry
 
@@ -64,12 +71,14 @@ def conform(table: str, frame: pl.DataFrame) -> pl.DataFrame:
                          for name, dtype in columns.items()])
 
 
-def read_unified(con: duckdb.DuckDBPyConnection) -> dict[str, pl.LazyFrame]:
-    return {table: conform(table, read_table(con, f"unified.{table}")).lazy() for table in UNIFIED_INPUTS}
+def read_unified(con: duckdb.DuckDBPyConnection, tenants: list[str] | None = None) -> dict[str, pl.LazyFrame]:
+    return {table: conform(table, read_table(con, f"unified.{table}", tenants=tenants)).lazy()
+            for table in UNIFIED_INPUTS}
 
 
-def read_optional(con: duckdb.DuckDBPyConnection, qualified: str) -> pl.LazyFrame | None:
-    return read_table(con, qualified).lazy() if table_exists(con, qualified) else None
+def read_optional(con: duckdb.DuckDBPyConnection, qualified: str,
+                  tenants: list[str] | None = None) -> pl.LazyFrame | None:
+    return read_table(con, qualified, tenants=tenants).lazy() if table_exists(con, qualified) else None
 
 
 def app_settings(registry: Registry) -> dict[str, dict[str, Mapping[str, Any]]]:
@@ -168,6 +177,12 @@ def advance_log(log: pl.DataFrame, mismatches: pl.DataFrame, at: datetime) -> pl
             .sort("valid_from", "tenant", "app", "entity", "kind", "sequence_id", "app_id", "field", nulls_last=True))
 
 
+def of_tenant(settings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+              tenant: str) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """app -> {tenant: settings} for one tenant's connections only."""
+    return {app: {tenant: by_tenant[tenant]} for app, by_tenant in settings.items() if tenant in by_tenant}
+
+
 def connected_apps(settings: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> pl.DataFrame:
     return pl.DataFrame([(tenant, app) for app, by_tenant in settings.items() for tenant in by_tenant],
                         schema={"tenant": pl.String, "app": pl.String}, orient="row")
@@ -228,49 +243,83 @@ def mismatches_metadata(mismatches: pl.DataFrame) -> dict[str, Any]:
 _UNIFIED_DEPS = [AssetKey(["unified", table]) for table in UNIFIED_INPUTS]
 
 
+def reconcile_links_of(warehouse: Path, settings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                       tenant: str) -> pl.DataFrame:
+    """One tenant's links, from that tenant's rows only, written over that tenant's rows of reconcile.links."""
+    mine = of_tenant(settings, tenant)
+    with connect(warehouse, read_only=True) as con:
+        links = compute_links(read_unified(con, [tenant]), mine, outbox=read_optional(con, OUTBOX_TABLE, [tenant]),
+                              linked_at=datetime.now(UTC))
+    replace_tenant_rows(warehouse, {LINKS_TABLE: links}, [tenant])
+    return links
+
+
+def reconcile_mismatches_of(warehouse: Path, settings: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                            tenant: str, at: datetime) -> pl.DataFrame:
+    """One tenant's mismatches, history counts and log intervals, written over that tenant's rows only."""
+    mine, only = of_tenant(settings, tenant), [tenant]
+    with connect(warehouse, read_only=True) as con:
+        unified = read_unified(con, only)
+        links = read_table(con, LINKS_TABLE, tenants=only)
+        links = (links if links.width else pl.DataFrame(schema=LINKS_SCHEMA)).lazy()
+        quarantines = [q for q in (read_optional(con, name, only) for name in QUARANTINE_TABLES) if q is not None]
+        quarantine = pl.concat([q.select("tenant", "app", "entity", "id", "check", "field", "reason")
+                                for q in quarantines], how="vertical_relaxed") if quarantines else None
+        mismatches = compute_mismatches(unified, links, mine, quarantine=quarantine,
+                                        outbox=read_optional(con, OUTBOX_TABLE, only))
+        log = read_table(con, LOG_TABLE, tenants=only)
+    history = history_rows(mismatches, connected_apps(mine), at)
+    log = advance_log(log if set(LOG_SCHEMA) <= set(log.columns) else pl.DataFrame(schema=LOG_SCHEMA), mismatches, at)
+    # the history only grows: this run's counts are appended (replacing no tenant's rows)
+    replace_tenant_rows(warehouse, {MISMATCHES_TABLE: mismatches, LOG_TABLE: log}, only,
+                        append={HISTORY_TABLE: history})
+    return mismatches
+
+
+def _finish(built: dict, failed: dict, every: bool, warehouse: Path, tables: list[str], registry: Registry) -> None:
+    if every:
+        retire_tenants(warehouse, tables, registry.tenants)
+    if failed and not built and len(failed) == 1:
+        raise next(iter(failed.values()))
+    if failed:  # every other tenant's rows are written: the run fails for the ones that did not make it
+        raise TenantsFailed(failed)
+
+
 @asset(key=LINKS_KEY, group_name=GROUP, pool=WAREHOUSE_POOL, deps=_UNIFIED_DEPS, kinds={"polars", "duckdb"},
+       partitions_def=TENANT_PARTITIONS,
        description="reconcile.links: each Sequence record and its twin in a connected app (tenant, app, entity, "
                    "sequence_id, app_id, method, linked_at), from what Sequence stores, the settings' mappings, "
                    "confirmed write-backs and the CRM companies' Sequence customer id fields. Match candidates are "
-                   "proposed in reconcile.mismatches, never linked here.")
+                   "proposed in reconcile.mismatches, never linked here. One partition per tenant.")
 def reconcile_links(context: AssetExecutionContext, ledgerlink: Ledgerlink) -> MaterializeResult:
-    settings = app_settings(ledgerlink.registry())
-    with connect(ledgerlink.warehouse, read_only=True) as con:
-        unified = read_unified(con)
-        outbox = read_optional(con, OUTBOX_TABLE)
-        links = compute_links(unified, settings, outbox=outbox, linked_at=datetime.now(UTC))
-    replace_tables(ledgerlink.warehouse, {LINKS_TABLE: links})
-    context.log.info(f"{LINKS_TABLE}: {links.height} links")
+    registry = ledgerlink.registry()
+    settings = app_settings(registry)
+    tenants, every = run_tenants(context, registry.tenants)
+    built, failed = each_tenant(tenants, lambda t: reconcile_links_of(ledgerlink.warehouse, settings, t), context.log)
+    links = pl.concat(list(built.values()), how="vertical") if built else pl.DataFrame(schema=LINKS_SCHEMA)
+    context.log.info(f"{LINKS_TABLE}: {links.height} links ({', '.join(built) or 'no tenant'})")
+    _finish(built, failed, every, ledgerlink.warehouse, [LINKS_TABLE], registry)
     return MaterializeResult(metadata=links_metadata(links))
 
 
 @asset(key=MISMATCHES_KEY, group_name=GROUP, pool=WAREHOUSE_POOL, deps=[LINKS_KEY, *_UNIFIED_DEPS],
-       kinds={"polars", "duckdb"},
+       kinds={"polars", "duckdb"}, partitions_def=TENANT_PARTITIONS,
        description="reconcile.mismatches: one row per disagreement between Sequence and a connected app (tenant, "
                    "app, entity, sequence_id, app_id, kind, field, sequence_value, app_value, proposed_action, "
                    "reason), following the seed's field table and rules; counts per run in "
                    "reconcile.mismatch_history, and every mismatch with when it was first and last seen in "
-                   "reconcile.mismatch_log (valid_from, valid_to).")
+                   "reconcile.mismatch_log (valid_from, valid_to). One partition per tenant.")
 def reconcile_mismatches(context: AssetExecutionContext, ledgerlink: Ledgerlink) -> MaterializeResult:
-    settings = app_settings(ledgerlink.registry())
+    registry = ledgerlink.registry()
+    settings = app_settings(registry)
+    tenants, every = run_tenants(context, registry.tenants)
     at = datetime.now(UTC)
-    with connect(ledgerlink.warehouse, read_only=True) as con:
-        unified = read_unified(con)
-        links = read_table(con, LINKS_TABLE)
-        links = (links if links.width else pl.DataFrame(schema=LINKS_SCHEMA)).lazy()
-        quarantines = [q for q in (read_optional(con, name) for name in QUARANTINE_TABLES) if q is not None]
-        quarantine = pl.concat([q.select("tenant", "app", "entity", "id", "check", "field", "reason")
-                                for q in quarantines], how="vertical_relaxed") if quarantines else None
-        mismatches = compute_mismatches(unified, links, settings, quarantine=quarantine,
-                                        outbox=read_optional(con, OUTBOX_TABLE))
-        history = read_table(con, HISTORY_TABLE)
-        log = read_table(con, LOG_TABLE)
-    earlier = history.select(list(HISTORY_SCHEMA)).cast(HISTORY_SCHEMA) \
-        if set(HISTORY_SCHEMA) <= set(history.columns) else pl.DataFrame(schema=HISTORY_SCHEMA)
-    history = pl.concat([earlier, history_rows(mismatches, connected_apps(settings), at)], how="vertical")
-    log = advance_log(log if set(LOG_SCHEMA) <= set(log.columns) else pl.DataFrame(schema=LOG_SCHEMA), mismatches, at)
-    replace_tables(ledgerlink.warehouse, {MISMATCHES_TABLE: mismatches, HISTORY_TABLE: history, LOG_TABLE: log})
-    context.log.info(f"{MISMATCHES_TABLE}: {mismatches.height} mismatches")
+    built, failed = each_tenant(tenants, lambda t: reconcile_mismatches_of(ledgerlink.warehouse, settings, t, at),
+                                context.log)
+    mismatches = (pl.concat(list(built.values()), how="vertical") if built
+                  else pl.DataFrame(schema=MISMATCH_SCHEMA))
+    context.log.info(f"{MISMATCHES_TABLE}: {mismatches.height} mismatches ({', '.join(built) or 'no tenant'})")
+    _finish(built, failed, every, ledgerlink.warehouse, [MISMATCHES_TABLE], registry)
     return MaterializeResult(metadata=mismatches_metadata(mismatches))
 
 

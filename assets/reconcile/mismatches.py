@@ -126,7 +126,9 @@ def _clean_text(value: pl.Expr) -> pl.Expr:
     matched (runs of two or more, or one that is not a plain space), so a clean string has no match and is not
     rebuilt. Replacing those by one space is replacing every run by one space (tests check the two agree)."""
     text = value.cast(pl.String).str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars()
-    return pl.when(text == "").then(None).otherwise(text)
+    # one reference to `text`: an eager select does not eliminate common subexpressions, and a when/then naming
+    # it twice ran the regex twice
+    return text.replace("", None)
 
 
 def _normalised(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl.Expr:
@@ -144,7 +146,10 @@ def _normalised(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl
 
 
 def _stripped(spec: FieldSpec, value: pl.Expr) -> pl.Expr:
-    stripped = value.cast(pl.String).str.strip_chars()
+    """A cheap pre-image of `_normalised` for text: two values equal here are equal once normalised. Halving the
+    runs of plain spaces (a literal replace, several times cheaper than the regex) keeps every whitespace run a run,
+    so clean_text is a function of it; then trimmed (and lower case for text_ci)."""
+    stripped = value.cast(pl.String).str.replace_all("  ", " ", literal=True).str.strip_chars()
     return stripped.str.to_lowercase() if spec.compare == "text_ci" else stripped
 
 
@@ -248,7 +253,8 @@ def _pair_index(links: pl.LazyFrame, seq: pl.DataFrame, other: pl.DataFrame, seq
 def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFrame, specs: Sequence[FieldSpec], *,
                      entity: str, subject: str | pl.Expr | None = None, sequence_key: str = "id",
                      app_key: str = "id", sequence_ref: str | None = None, app_ref: str | None = None,
-                     validate: bool = True, rows: tuple[pl.Series, pl.Series] | None = None) -> pl.LazyFrame:
+                     validate: bool = True, rows: tuple[pl.Series, pl.Series] | None = None,
+                     columnwise: bool = False) -> pl.LazyFrame:
     """Field-by-field diff of linked pairs: one mismatch row per (pair, spec) whose values differ.
 
     sequence  one row per Sequence record: `tenant`, `sequence_key` and whatever the specs read
@@ -261,13 +267,17 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
               of the work)
     rows      the pairs as row numbers into `sequence` and `app` (from `linked_rows` on the same frames), when the
               caller has them already: `links` is then not joined again
+    columnwise  read each spec's columns only when that spec is compared (keys and what reasons read are read
+              first): for inputs that are cheap to read again and give their rows in the same order each time,
+              such as file scans (peak memory is then a few columns, not both inputs whole) or frames in memory;
+              not for plans with joins, which would run once per spec
 
     Returns a LazyFrame with MISMATCH_SCHEMA's columns, computed when called (like `settle`, with the in-memory
     engine). Work is proportional to the differences: the pairs are found by joining one hash of the keys and
-    checked on the real keys (`_pair_index`: a pair is a row on either side); each spec compares its raw values gathered by those rows; only pairs whose raw values differ are
-    normalised and compared (normalising is a function, so equal raw values can never differ; equal amounts in two
-    currencies are the currency field's difference), and only the rows that really differ get their text and
-    reason.
+    checked on the real keys (`_pair_index`: a pair is a row on either side); each spec compares its raw values
+    gathered by those rows; only pairs whose raw values differ are normalised and compared (normalising is a
+    function, so equal raw values can never differ; equal amounts in two currencies are the currency field's
+    difference), and only the rows that really differ get their text and reason.
     """
     if not specs:
         return empty_mismatches()
@@ -278,75 +288,89 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
     # Each source column crosses the join once: Sequence columns under their own names (so the subject and the
     # notes evaluate after the join, on the few rows that differ), app columns as "_a.<name>"; computed values
     # as _s<i> / _a<i>.
-    seq_names = {"tenant", sequence_key, sequence_ref or sequence_key}
-    seq_names |= {name for expr in [subject, *(s.note for s in specs if s.note is not None)]
-                  for name in expr.meta.root_names()}
-    app_names = {app_key, app_ref or app_key}
-    s_computed: list[pl.Expr] = []
-    a_computed: list[pl.Expr] = []
+    seq_base = {"tenant", sequence_key, sequence_ref or sequence_key}
+    seq_base |= {name for expr in [subject, *(s.note for s in specs if s.note is not None)]
+                 for name in expr.meta.root_names()}
+    seq_base.discard("app")  # the pair's app comes from the links
+    app_base = {app_key, app_ref or app_key} - {"tenant", "app"}
+    s_reads: list[list[pl.Expr]] = []  # per spec, what it reads on each side (its value, currency, condition)
+    a_reads: list[list[pl.Expr]] = []
     s_refs: list[str] = []
     a_refs: list[str] = []
     for i, spec in enumerate(specs):
         s_val, a_val = _expr(spec.sequence), _expr(spec.app)
-        if s_val.meta.is_column():
-            s_refs.append(s_val.meta.output_name())
-            seq_names.add(s_refs[-1])
-        else:
-            s_refs.append(f"_s{i}")
-            s_computed.append(s_val.alias(s_refs[-1]))
-        if a_val.meta.is_column():
-            app_names.add(a_val.meta.output_name())
-            a_refs.append(f"_a.{a_val.meta.output_name()}")
-        else:
-            a_refs.append(f"_a{i}")
-            a_computed.append(a_val.alias(a_refs[-1]))
+        s_refs.append(s_val.meta.output_name() if s_val.meta.is_column() else f"_s{i}")
+        a_refs.append(f"_a.{a_val.meta.output_name()}" if a_val.meta.is_column() else f"_a{i}")
+        s_read, a_read = [s_val.alias(s_refs[-1])], [a_val.alias(a_refs[-1])]
         if spec.compare == "money":
-            seq_names.add(spec.currency[0])
-            app_names.add(spec.currency[1])
+            s_read.append(pl.col(spec.currency[0]))
+            a_read.append(pl.col(spec.currency[1]).alias(f"_a.{spec.currency[1]}"))
         if spec.when is not None:
-            s_computed.append(spec.when.fill_null(False).alias(f"_w{i}"))
-    seq_names.discard("app")  # the pair's app comes from the links
-    # Both sides are computed once (in memory: the default streaming engine is much slower at these joins), and
-    # the pairs are joined on their keys alone: a pair is a row index on either side. Each spec then compares its
-    # two columns gathered by those indexes, one spec at a time (no wide joined frame), and only the candidate
-    # pairs get every column they need for normalising, text and reason.
-    seq = sequence.select(*(pl.col(n) for n in sorted(seq_names)), *s_computed).collect(engine="in-memory")
-    other = app.select("tenant", "app", *(pl.col(n).alias(f"_a.{n}") for n in sorted(app_names - {"tenant", "app"})),
-                       *a_computed).collect(engine="in-memory")
+            s_read.append(spec.when.fill_null(False).alias(f"_w{i}"))
+        s_reads.append(s_read)
+        a_reads.append(a_read)
+
+    def collected(source: pl.LazyFrame, exprs: Sequence[pl.Expr]) -> pl.DataFrame:
+        # in memory: the default streaming engine is much slower at these joins
+        unique = {expr.meta.output_name(): expr for expr in reversed(exprs)}  # the first of a name wins
+        return source.select(list(reversed(unique.values()))).collect(engine="in-memory")
+
+    s_base = [pl.col(n) for n in sorted(seq_base)]
+    a_base = [pl.col("tenant"), pl.col("app"), *(pl.col(n).alias(f"_a.{n}") for n in sorted(app_base))]
+    # Both sides are computed once, and the pairs are joined on their keys alone: a pair is a row index on either
+    # side. Each spec then compares its two columns gathered by those indexes, one spec at a time (no wide joined
+    # frame), and only the candidate pairs get every column they need for normalising, text and reason.
+    # `columnwise`: the base frames hold only keys and what reasons read; each spec reads its own columns when it
+    # runs (from a file scan, projection pushdown decodes just those), so both inputs are never held whole.
+    seq = collected(sequence, s_base if columnwise else [*s_base, *(e for read in s_reads for e in read)])
+    other = collected(app, a_base if columnwise else [*a_base, *(e for read in a_reads for e in read)])
     if rows is None:
         rows = _pair_index(links, seq, other, sequence_key, f"_a.{app_key}", validate)
     s_index, a_index = rows
-    seq_rest, other_rest = seq, other.drop("tenant")  # the pair's tenant is both sides' (a join key)
-    s_ref, a_ref = pl.col(sequence_ref or sequence_key), pl.col(f"_a.{app_ref or app_key}")
+    s_ref_name, a_ref_name = sequence_ref or sequence_key, f"_a.{app_ref or app_key}"
+    s_ref, a_ref = pl.col(s_ref_name), pl.col(a_ref_name)
     label = app_label(pl.col("app"))
+    # what every reported row reads besides the compared values: the pair's tenant is both sides' (a join key)
+    s_shown = ["tenant", s_ref_name, *(n for n in subject.meta.root_names() if n in seq.schema)]
+    a_shown = ["app", a_ref_name]
 
     def compared(i: int, spec: FieldSpec) -> pl.DataFrame:
         s_val, a_val = pl.col(s_refs[i]), pl.col(a_refs[i])
-        s_cur = pl.col(spec.currency[0]) if spec.compare == "money" else None
-        a_cur = pl.col(f"_a.{spec.currency[1]}") if spec.compare == "money" else None
-        keep = None
-        if spec.when is not None:
-            keep = _column(seq, f"_w{i}").gather(s_index)
-        if seq.schema[s_refs[i]] == other.schema[a_refs[i]]:
-            raw_differs = _column(seq, s_refs[i]).gather(s_index).ne_missing(_column(other, a_refs[i]).gather(a_index))
+        money = spec.compare == "money"
+        s_cur = pl.col(spec.currency[0]) if money else None
+        a_cur = pl.col(f"_a.{spec.currency[1]}") if money else None
+        s_own, a_own = (collected(sequence, s_reads[i]), collected(app, a_reads[i])) if columnwise else (seq, other)
+        # each pair's two raw values, gathered once: the raw comparison reads them and the candidates keep them
+        s_raw, a_raw = _column(s_own, s_refs[i]).gather(s_index), _column(a_own, a_refs[i]).gather(a_index)
+        keep = _column(s_own, f"_w{i}").gather(s_index) if spec.when is not None else None
+        if s_raw.dtype == a_raw.dtype:
+            raw_differs = s_raw.ne_missing(a_raw)
             keep = raw_differs if keep is None else keep & raw_differs
-        if keep is None:
-            s_rows, a_rows = s_index, a_index
-        else:
-            s_rows, a_rows = s_index.filter(keep), a_index.filter(keep)
+        s_rows, a_rows = s_index, a_index
+        if keep is not None:
+            s_rows, a_rows, s_raw, a_raw = (column.filter(keep) for column in (s_index, a_index, s_raw, a_raw))
         # the candidates carry only what normalising reads; the few rows that really differ get the rest
-        s_need = dict.fromkeys([s_refs[i], *([spec.currency[0]] if spec.compare == "money" else [])])
-        a_need = dict.fromkeys([a_refs[i], *([f"_a.{spec.currency[1]}"] if spec.compare == "money" else [])])
-        candidates = pl.DataFrame([s_rows.alias("_si"), a_rows.alias("_ai"),
-                                   *(seq.get_column(n).gather(s_rows) for n in s_need),
-                                   *(other.get_column(n).gather(a_rows) for n in a_need)])
+        s_more = [spec.currency[0]] if money and spec.currency[0] != s_refs[i] else []
+        a_more = [f"_a.{spec.currency[1]}"] if money and f"_a.{spec.currency[1]}" != a_refs[i] else []
+        candidates = pl.DataFrame([s_rows.alias("_si"), a_rows.alias("_ai"), s_raw, a_raw,
+                                   *(_column(s_own, n).gather(s_rows) for n in s_more),
+                                   *(_column(a_own, n).gather(a_rows) for n in a_more)])
         if spec.compare in ("text", "text_ci", "code"):
-            # clean_text is a function of the stripped text (and folded_text of the stripped lower case text): a
-            # cheap step that drops the pairs differing only at the edges (or in case) before the regex
+            # clean_text is a function of `_stripped` (folded_text of its lower case): a cheap step that drops the
+            # pairs differing only in spaces, at the edges or in case before the regex
             candidates = candidates.filter(_stripped(spec, s_val).ne_missing(_stripped(spec, a_val)))
         differing = candidates.filter(_normalised(spec, s_val, s_cur).ne_missing(_normalised(spec, a_val, a_cur)))
-        found = pl.concat([seq_rest.select(pl.all().gather(differing.get_column("_si"))),
-                          other_rest.select(pl.all().gather(differing.get_column("_ai")))], how="horizontal")
+        # only the columns the rows show (not every input column: that gather cost more than the rows' text)
+        s_cols = dict.fromkeys([*s_shown, s_refs[i], *s_more, *(spec.note.meta.root_names() if spec.note is not None
+                                                                  else [])])
+        a_cols = dict.fromkeys([*a_shown, a_refs[i], *a_more])
+        si, ai = differing.get_column("_si"), differing.get_column("_ai")
+        parts = [(seq, [n for n in s_cols if n in seq.schema], si),
+                 (s_own, [n for n in s_cols if n not in seq.schema], si),
+                 (other, [n for n in a_cols if n in other.schema], ai),
+                 (a_own, [n for n in a_cols if n not in other.schema], ai)]
+        found = pl.concat([frame.select(pl.col(names).gather(at)) for frame, names, at in parts if names],
+                          how="horizontal")
         s_text, a_text = _display(spec, s_val, s_cur), _display(spec, a_val, a_cur)
         note = spec.note.fill_null("") if spec.note is not None else pl.lit("")
         reason = pl.concat_str([subject, pl.lit(f": {spec.label} is "), _quoted(spec, s_text),

@@ -641,9 +641,19 @@ def trend_series(history: pl.DataFrame, by: str, *, tenant: str | None = None, m
                  ) -> pl.DataFrame:
     """(at, series, count): per run, the mismatches of each kind (by="kind") or app (by="app"), summed over the
     other dimension, for one tenant or all; series at zero in every run are left out (the history has a row per
-    kind and run, zeros included), and many runs are thinned to each day's last."""
+    kind and run, zeros included), and many runs are thinned to each day's last.
+
+    Tenants reconcile at different moments (one run per tenant), so the all-tenant series carries each tenant's
+    latest counts forward to every run: at any point it is the sum of what each tenant showed last, not of only
+    the tenants that happened to run then."""
     rows = history if tenant is None else history.filter(pl.col("tenant") == tenant)
-    frame = (rows.filter(pl.col(by).is_not_null()).group_by("at", by).agg(pl.col("count").sum())
+    per_tenant = (rows.filter(pl.col(by).is_not_null()).group_by("tenant", "at", by).agg(pl.col("count").sum())
+                  .sort("at"))
+    runs = per_tenant.select("at").unique().sort("at")
+    carried = (per_tenant.select("tenant", by).unique().join(runs, how="cross").sort("at")
+               .join_asof(per_tenant, on="at", by=["tenant", by], strategy="backward",
+                          check_sortedness=False))  # both sorted by "at" above, so within each group too
+    frame = (carried.group_by("at", by).agg(pl.col("count").fill_null(0).sum())
              .rename({by: "series"}))
     shown = frame.group_by("series").agg(pl.col("count").max()).filter(pl.col("count") > 0)["series"]
     return thin_runs(frame.filter(pl.col("series").is_in(shown.implode())), max_runs=max_runs).sort("at", "series")

@@ -2,21 +2,28 @@
 `unified/<table>`, group "unified"). The logic is in build.py (validate + quarantine), mapping.py (field maps)
 and the per-app modules.
 
-Unpartitioned on purpose: the unified tables are one cross-app view (a Sequence customer and its QuickBooks
-twin sit side by side for reconcile), rebuilt from raw for every tenant in one pass and replaced in one
-transaction, so readers never see one app's rows refreshed and the other's stale. Raw is partitioned per
-connection (`<tenant>.<app>`); mapping all of it takes seconds (100k invoices a tenant included), far less than
-extracting one connection, so per-connection partitions would only add bookkeeping.
+Partitioned per tenant (`tenants`, assets/partitions.py): a tenant's run reads only that tenant's raw rows and
+settings, builds its model, and replaces only that tenant's rows of every unified table in one transaction (so
+readers never see one app's rows refreshed and the other's stale, and other tenants' rows stay as they were). A
+tenant whose build fails (a mapping error in its settings, a record that breaks the mapping) fails its own run;
+the others go on. Each tenant depends on its own connections' extraction partitions (`<tenant>.<app>`,
+TenantOfConnection). A run over several tenants (a partition range: a single-run backfill, `materialize_tenants`)
+builds them one after another, each in its own transaction, drops the rows of tenants the registry no longer
+holds when it covers every tenant, and fails at the end naming the tenants that failed.
 """
 
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
-from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+import polars as pl
+from dagster import AssetDep, AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, MetadataValue, multi_asset
 
+from assets.partitions import TENANT_OF_CONNECTION, TENANT_PARTITIONS, TenantsFailed, each_tenant, quietly, run_tenants
 from assets.resources import Ledgerlink
-from assets.unified.build import APPS, QUARANTINE_TABLE, TABLES, build
-from assets.warehouse import WAREHOUSE_POOL, connect, read_table, replace_tables
+from assets.unified.build import APPS, QUARANTINE, QUARANTINE_TABLE, TABLES, Build, build
+from assets.warehouse import WAREHOUSE_POOL, connect, read_table, replace_tenant_rows, retire_tenants
+from connectors.registry import Registry
 
 GROUP = "unified"
 REJECTED_TABLE = "rejected_records"
@@ -37,15 +44,23 @@ def _all_raw_keys() -> list[AssetKey]:
     return sorted(keys, key=lambda key: key.to_user_string())
 
 
+def _on_connections(keys: list[AssetKey]) -> list[AssetDep]:
+    """Each tenant partition reads its own connections' partitions of these raw assets."""
+    return quietly(lambda: [AssetDep(key, partition_mapping=TENANT_OF_CONNECTION) for key in keys])
+
+
 SPECS = [
-    *(AssetSpec(AssetKey([GROUP, table]), deps=_deps(table), group_name=GROUP, kinds={"polars", "duckdb"},
+    *(AssetSpec(AssetKey([GROUP, table]), deps=_on_connections(_deps(table)), group_name=GROUP,
+                kinds={"polars", "duckdb"}, partitions_def=TENANT_PARTITIONS,
                 description=f"unified.{table}: every tenant's and app's rows in one model (checks/unified.py), "
-                            f"validated; rows that fail are in unified.quarantine.")
+                            f"validated; rows that fail are in unified.quarantine. One partition per tenant.")
       for table in TABLES),
-    AssetSpec(AssetKey([GROUP, QUARANTINE_TABLE]), deps=_all_raw_keys(), group_name=GROUP, kinds={"polars", "duckdb"},
+    AssetSpec(AssetKey([GROUP, QUARANTINE_TABLE]), deps=_on_connections(_all_raw_keys()), group_name=GROUP,
+              kinds={"polars", "duckdb"}, partitions_def=TENANT_PARTITIONS,
               description="unified.quarantine: records kept out of the unified model, one row per record and "
                           "failed check (tenant, app, entity, id, check, field, reason, detected_at)."),
 ]
+UNIFIED_TABLES = [*(f"unified.{table}" for table in TABLES), f"unified.{QUARANTINE_TABLE}"]
 
 
 def _tenant_table(counts: dict[str, dict[str, int]]) -> MetadataValue:
@@ -56,29 +71,55 @@ def _tenant_table(counts: dict[str, dict[str, int]]) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-@multi_asset(specs=SPECS, name="unified", pool=WAREHOUSE_POOL, can_subset=False)
-def unified(context: AssetExecutionContext, ledgerlink: Ledgerlink):
-    warehouse = ledgerlink.warehouse
+def build_tenant(warehouse: Path, registry: Registry, tenant: str, detected_at: datetime) -> Build:
+    """One tenant's unified model, from that tenant's raw rows and settings only."""
     with connect(warehouse, read_only=True) as con:
-        raw = {app: {table: read_table(con, f"raw_{app}.{table}") for table in [*module.RAW, REJECTED_TABLE]}
+        raw = {app: {table: read_table(con, f"raw_{app}.{table}", tenants=[tenant])
+                     for table in [*module.RAW, REJECTED_TABLE]}
                for app, module in APPS.items()}
-    registry = ledgerlink.registry()
     # each app maps with its own connection's settings (its tax codes, its custom fields)
-    app_settings = {app: {c.tenant: c.settings for c in registry.for_app(app)} for app in APPS}
-    result = build(raw, registry.tenant_settings, detected_at=datetime.now(UTC), app_settings=app_settings)
+    app_settings = {app: {c.tenant: c.settings for c in registry.for_app(app) if c.tenant == tenant} for app in APPS}
+    return build(raw, {tenant: registry.tenant_settings.get(tenant, {})}, detected_at=detected_at,
+                 app_settings=app_settings)
+
+
+def write_tenant(warehouse: Path, tenant: str, result: Build) -> None:
     frames = {f"unified.{table}": frame for table, frame in result.tables.items()}
     frames[f"unified.{QUARANTINE_TABLE}"] = result.quarantine
-    replace_tables(warehouse, frames)
+    replace_tenant_rows(warehouse, frames, [tenant])
 
-    quarantine = result.quarantine
+
+@multi_asset(specs=SPECS, name="unified", pool=WAREHOUSE_POOL, can_subset=False, partitions_def=TENANT_PARTITIONS)
+def unified(context: AssetExecutionContext, ledgerlink: Ledgerlink):
+    warehouse, registry = ledgerlink.warehouse, ledgerlink.registry()
+    tenants, every = run_tenants(context, registry.tenants)
+    at = datetime.now(UTC)
+
+    def one(tenant: str) -> Build:
+        result = build_tenant(warehouse, registry, tenant, at)
+        write_tenant(warehouse, tenant, result)
+        return result
+
+    built, failed = each_tenant(tenants, one, context.log)
+    if every:
+        retire_tenants(warehouse, UNIFIED_TABLES, registry.tenants)
+    if failed and not built:
+        raise next(iter(failed.values())) if len(failed) == 1 else TenantsFailed(failed)
+
+    results = list(built.values())
+    tables = {table: pl.concat([r.tables[table] for r in results], how="vertical") if results else pl.DataFrame()
+              for table in TABLES}
+    quarantine = (pl.concat([r.quarantine for r in results], how="vertical") if results
+                  else pl.DataFrame(schema=QUARANTINE))
     for table in TABLES:
-        rows, held = result.tables[table].height, result.quarantined(table)
+        rows, held = tables[table].height, sum(r.quarantined(table) for r in results)
+        counts = {tenant: per_app for r in results for tenant, per_app in r.counts(table).items()}
         metadata = {
             "rows": MetadataValue.int(rows),
-            "rows_by_tenant": _tenant_table(result.counts(table)),
+            "rows_by_tenant": _tenant_table(counts),
             "quarantined": MetadataValue.int(held),
         }
-        context.log.info(f"unified.{table}: {rows} rows, {held} quarantined")
+        context.log.info(f"unified.{table}: {rows} rows, {held} quarantined ({', '.join(built)})")
         yield MaterializeResult(asset_key=AssetKey([GROUP, table]), metadata=metadata)
     by_check = Counter(quarantine.get_column("check").to_list())
     by_tenant: dict[str, dict[str, int]] = {}
@@ -89,6 +130,8 @@ def unified(context: AssetExecutionContext, ledgerlink: Ledgerlink):
         "rows_by_check": MetadataValue.json(dict(sorted(by_check.items()))),
         "rows_by_tenant": _tenant_table(by_tenant),
     })
+    if failed:  # every other tenant's rows are written: the run fails for the ones that did not make it
+        raise TenantsFailed(failed)
 
 
 UNIFIED_ASSETS = [unified]

@@ -1,4 +1,6 @@
-"""Sends the outbox's pending writes, per tenant and app, in dependency waves, exactly once.
+"""Sends the outbox's pending writes, per tenant and app, in dependency waves, exactly once. Each app's writes go
+through its writer's `send` (writers.py: QuickBooks' below, Xero's in xero.py, the CRMs' in crm.py, Sequence's
+below); the dry-run lines and the item mappings are the writers' too.
 
 - QuickBooks: every write carries `requestid` = its idempotency key (a batch: an id derived from its members'
   keys, ≤ 36 characters, bIds ≤ 10), recorded before the call, so a resend after a crash or a lost answer goes
@@ -33,12 +35,12 @@ import orjson
 import yaml
 
 from assets.warehouse import table_exists
-from assets.writeback import outbox, xero
+from assets.writeback import outbox, writers
 from assets.writeback.outbox import Outcome
 from assets.writeback.plan import QBO_ENTITIES, QUICKBOOKS, REF, dumps
 from connectors.auth import TokenStore
 from connectors.clients import build_client
-from connectors.errors import AppError, Conflict
+from connectors.errors import AppError, Conflict, RateLimited
 from connectors.http import AppClient
 from connectors.quickbooks import MAX_BATCH_ITEMS, QuickBooksClient
 from connectors.registry import Connection, Registry, RegistryError
@@ -308,16 +310,7 @@ class Applier:
         for row in rows:
             by_connection.setdefault((row.tenant, row.app), []).append(row)
         for (_tenant, app), group in sorted(by_connection.items()):
-            local = [r for r in group if r.operation == "link" and r.app == QUICKBOOKS]
-            self._finish([Outcome(r.key, "confirmed", answer=dumps({"linked": r.payload})) for r in local])
-            group = [r for r in group if r not in local]
-            if app == QUICKBOOKS:
-                self._quickbooks(group)
-            elif app == xero.XERO:
-                xero.send_xero(self, group)
-            else:
-                for row in group:
-                    self._sequence(row)
+            writers.writer_of(app).send(self, group)
 
     def _finish(self, outcomes: list[Outcome]) -> None:
         outbox.record(self.con, outcomes)
@@ -327,6 +320,10 @@ class Applier:
     # ----- QuickBooks ----------------------------------------------------------------------------------------
 
     def _quickbooks(self, rows: list[_Row]) -> None:
+        # a document link is recorded in reconcile.links: nothing goes to QuickBooks
+        local = [r for r in rows if r.operation == "link"]
+        self._finish([Outcome(r.key, "confirmed", answer=dumps({"linked": r.payload})) for r in local])
+        rows = [r for r in rows if r not in local]
         if not rows:
             return
         # A row with a requestid may have been written: it goes again under that requestid (QuickBooks replays
@@ -459,10 +456,16 @@ class Applier:
     @staticmethod
     def _failure(row: _Row, error: AppError) -> Outcome:
         """A failed write, its error naming the record (Sequence id and app id) before the app's own answer
-        (which names the field, e.g. QuickBooks' `element Line`, and the reason)."""
-        return Outcome(row.key, "failed", error=f"{_record_name(row)}: {error}", retriable=bool(error.retriable))
+        (which names the field, e.g. QuickBooks' `element Line`, and the reason). A rate limit is retriable on a
+        later apply even when not within this run (Xero's daily limit): a 429 wrote nothing."""
+        retriable = bool(error.retriable) or isinstance(error, RateLimited)
+        return Outcome(row.key, "failed", error=f"{_record_name(row)}: {error}", retriable=retriable)
 
     # ----- Sequence ------------------------------------------------------------------------------------------
+
+    def _sequence_rows(self, rows: list[_Row]) -> None:
+        for row in rows:
+            self._sequence(row)
 
     def _sequence(self, row: _Row) -> None:
         client = self.clients.get(row.tenant, SEQUENCE)
@@ -537,17 +540,20 @@ class Applier:
     def _describe(self, row: _Row) -> str:
         """One line saying what apply would send for a row (method, URL, requestid, body)."""
         connection = self.clients.connection(row.tenant, row.app)
-        base = connection.base_url
-        body = dumps(row.payload)
-        if row.app == xero.XERO:
-            return xero.describe(row, base)
-        if row.app == QUICKBOOKS:
-            if row.operation == "link":
-                return f"{row.tenant}: record link {row.entity} {row.sequence_id} -> {row.app_id} in reconcile.links"
-            name = QBO_ENTITIES[row.entity].lower()
-            void = "&operation=void" if row.operation == "void" else ""
-            url = f"{base}/v3/company/{connection.options.get('realm_id')}/{name}?requestid={row.key}{void}"
-            return f"{row.tenant}: {row.operation} POST {url} {body}"
+        return writers.writer_of(row.app).describe(self, row, connection)
+
+    @staticmethod
+    def _describe_quickbooks(row: _Row, connection: Connection) -> str:
+        if row.operation == "link":
+            return f"{row.tenant}: record link {row.entity} {row.sequence_id} -> {row.app_id} in reconcile.links"
+        name = QBO_ENTITIES[row.entity].lower()
+        void = "&operation=void" if row.operation == "void" else ""
+        url = f"{connection.base_url}/v3/company/{connection.options.get('realm_id')}/{name}?requestid={row.key}{void}"
+        return f"{row.tenant}: {row.operation} POST {url} {dumps(row.payload)}"
+
+    @staticmethod
+    def _describe_sequence(row: _Row, connection: Connection) -> str:
+        base, body = connection.base_url, dumps(row.payload)
         if row.operation == "mark_paid":
             return f"{row.tenant}: mark_paid PUT {base}/invoices/{row.sequence_id}/payment-status {body}"
         if row.operation == "import":
@@ -559,14 +565,15 @@ class Applier:
     def _record_item_mappings(self) -> None:
         """Items write-back created become the products' mappings in the tenant's settings (the registry), as
         Sequence keeps a product's link to its item; reconciliation then expects the product's lines on it."""
+        for writer in writers.writers():
+            if writer.record_items is not None:
+                writer.record_items(self)
+
+    def _record_quickbooks_items(self) -> None:
+        """QuickBooks' items go into the tenant's settings: product -> {item_id, account_code}."""
         if self.registry_path is None or not Path(self.registry_path).exists():
             return
-        created = self.con.execute(
-            f"select tenant, sequence_id, app_id, payload from {outbox.OUTBOX_TABLE} where operation = 'create_item' "
-            "and state = 'confirmed' and app_id is not null and app = 'quickbooks'").fetchall()
-        mine = xero.confirmed_items(self.con)  # Xero's go into its connection's settings
-        if mine:
-            xero.record_item_mappings(Path(self.registry_path), mine)
+        created = created_items(self.con, QUICKBOOKS)
         if not created:
             return
         codes: dict[tuple[str, str], str] = {}
@@ -576,31 +583,49 @@ class Applier:
         items, account_codes = {}, {}
         for tenant, product, item_id, payload in created:
             items[(tenant, product)] = item_id
-            account = (orjson.loads(payload).get("IncomeAccountRef") or {}).get("value")
+            account = (payload.get("IncomeAccountRef") or {}).get("value")
             account_codes[(tenant, product)] = codes.get((tenant, account))
         record_item_mappings(Path(self.registry_path), items, account_codes)
 
 
+def created_items(con: duckdb.DuckDBPyConnection, app: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(tenant, product, item id, payload) of every confirmed create_item of `app` in the outbox."""
+    return [(tenant, product, item_id, orjson.loads(payload)) for tenant, product, item_id, payload in con.execute(
+        f"select tenant, sequence_id, app_id, payload from {outbox.OUTBOX_TABLE} where operation = 'create_item' "
+        "and state = 'confirmed' and app_id is not null and app = ?", [app]).fetchall()]
+
+
 def record_item_mappings(registry_path: Path, items: Mapping[tuple[str, str], str],
                          codes: Mapping[tuple[str, str], str | None]) -> int:
-    """Adds product -> {item_id, account_code} to the tenants' settings in the registry file (rewritten
-    atomically); mappings already there are left alone. Returns how many were added."""
+    """Adds product -> {item_id, account_code} to the tenants' (QuickBooks) settings in the registry file
+    (rewritten atomically); mappings already there are left alone. Returns how many were added."""
+    return add_item_mappings(registry_path, [
+        (tenant, product, {"item_id": str(item_id), **({"account_code": codes[(tenant, product)]}
+                                                        if codes.get((tenant, product)) else {})})
+        for (tenant, product), item_id in sorted(items.items())])
+
+
+def add_item_mappings(registry_path: Path, entries: Iterable[tuple[str, str, dict[str, str]]],
+                      app: str | None = None) -> int:
+    """Adds (tenant, product, mapping) to the item mappings (`items: {product: mapping}`) of the tenants'
+    settings in the registry file: `app` None, the tenant's own settings (QuickBooks'); else the settings of its
+    connection to `app`. Rewritten atomically; a product already mapped to an item is left alone. Returns how
+    many were added."""
     document = yaml.safe_load(registry_path.read_text()) or {}
     added = 0
-    for (tenant, product), item_id in sorted(items.items()):
-        body = (document.get("tenants") or {}).get(tenant)
-        if not isinstance(body, dict):
+    for tenant, product, mapping in entries:
+        owner = (document.get("tenants") or {}).get(tenant)
+        if app is not None:
+            owner = ((owner or {}).get("connections") or {}).get(app)
+        if not isinstance(owner, dict):
             continue
-        settings = body.setdefault("settings", {}) or {}
-        body["settings"] = settings
-        mapping = settings.setdefault("items", {}) or {}
-        settings["items"] = mapping
-        if (mapping.get(product) or {}).get("item_id"):
+        settings = owner.get("settings") or {}
+        owner["settings"] = settings
+        items = settings.get("items") or {}
+        settings["items"] = items
+        if (items.get(product) or {}).get("item_id"):
             continue
-        entry = {"item_id": str(item_id)}
-        if codes.get((tenant, product)):
-            entry["account_code"] = codes[(tenant, product)]
-        mapping[product] = entry
+        items[product] = mapping
         added += 1
     if added:
         tmp = registry_path.with_name(f".{registry_path.name}.tmp")
@@ -610,10 +635,11 @@ def record_item_mappings(registry_path: Path, items: Mapping[tuple[str, str], st
 
 
 def _record_name(row: _Row) -> str:
-    app = {QUICKBOOKS: "QuickBooks", xero.XERO: "Xero"}.get(row.app, "Sequence")
+    app = writers.label_of(row.app)
+    # a Sequence write's app id is its counterpart's (QuickBooks' when the row predates counterpart_app)
+    owner = row.app if row.app != SEQUENCE else (row.counterpart_app or QUICKBOOKS)
     ids = [f"Sequence {row.sequence_id}" if row.sequence_id else None,
-           f"{'Xero' if xero.XERO in (row.app, row.counterpart_app) else 'QuickBooks'} {row.app_id}"
-           if row.app_id else None]
+           f"{writers.label_of(owner)} {row.app_id}" if row.app_id else None]
     return f"{row.operation} in {app} of {row.entity.replace('_', ' ')} ({', '.join(i for i in ids if i)})"
 
 

@@ -22,7 +22,7 @@ from connectors.registry import Registry
 LINKS_TABLE = "reconcile.links"
 MISMATCHES_TABLE = "reconcile.mismatches"
 PLAN_TABLES = ("customers", "invoices", "invoice_lines", "credit_notes", "credit_note_lines", "products",
-               "accounts", "tax_codes")  # the unified tables the plan reads
+               "accounts", "tax_codes", "companies", "contacts")  # the unified tables the plan reads
 
 
 def read_unified(con: duckdb.DuckDBPyConnection) -> dict[str, pl.LazyFrame]:
@@ -107,4 +107,6 @@ def read_inputs(con: duckdb.DuckDBPyConnection, registry: Registry) -> PlanInput
         quickbooks=read_quickbooks_state(con),
         outbox=outbox.read(con).lazy(),
         xero_settings={c.tenant: dict(c.settings) for c in registry.for_app("xero")},
+        crm_settings={app: {c.tenant: dict(c.settings) for c in registry.for_app(app)}
+                      for app in ("hubspot", "salesforce", "attio") if registry.for_app(app)},
     )

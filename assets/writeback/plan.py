@@ -11,7 +11,7 @@ What the seed asks (../shared/seeds/sequence-quickbooks-integration.txt), as ope
   quickbooks customer   create (+ the customer's currency when multi-currency is on), update (sparse)
   quickbooks invoice / credit_note   create (the seed's field table, item mapping, tax codes by the resolution
                         order, home-currency ExchangeRate), update (sparse, current SyncToken; a product's new item
-                        is not pushed onto documents synced before it: see _later_mapping_only), set_email (a sent invoice carries the
+                        is not pushed onto documents synced before it: see later_mapping_only), set_email (a sent invoice carries the
                         merchant email so QuickBooks sends no second email), void (invoices), link (a twin found
                         by number: recorded, nothing sent)
   quickbooks product    create_item (its name, its account code; names are unique), update_item (income account)
@@ -19,9 +19,15 @@ What the seed asks (../shared/seeds/sequence-quickbooks-integration.txt), as ope
   sequence customer     import (QuickBooks customers passing the import rules, alias qb-<id>), link (the
                         QuickBooks id stored as the customer's integration id, after a create or for a candidate)
 
-Xero (assets/writeback/xero.py) plans from the Sequence-Xero mismatches with this module's rows, keys, $refs,
-context and dependency rules, in Xero's words; build_plan puts both side by side, so a tenant connecting both
-apps gets the writes of both when a Sequence document changes.
+What every accounting app plans alike is written once here, in the app's words (an AppWords: QuickBooksWords
+here, XeroWords in xero.py): the context (app_actions: which records need which write), customer create /
+update / link / import (customer_rows), the later-mapping rule (later_mapping_only, document_actions), the
+documents and lines by the seed's field rules (sequence_documents, sequence_lines, twin_lines), mark paid
+(mark_paid_rows), validation, dependencies and the one-invoice re-sync (finished). Per app stay its payloads, its
+item rules and its own document rules (QuickBooks: SyncToken, sparse, set_email, the applied-payments cap; Xero:
+VOIDED / DELETED, PAID and VOIDED documents refused). build_plan loops over writers.WRITERS, so a tenant
+connecting QuickBooks and Xero gets the writes of both when a Sequence document changes, with the cross-app
+rules (once): an invoice is marked paid in Sequence once, a company two apps would import is imported once.
 
 Ids a write needs from an earlier write in the same plan are "$ref:<idempotency key>" in the payload; apply
 fills them in once that write is confirmed. Keys are deterministic: a hash of tenant, app, entity, operation,
@@ -32,7 +38,7 @@ key, and a changed Sequence document gives its update a new one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
@@ -112,6 +118,7 @@ class PlanInputs:
     quickbooks: QuickBooksState = field(default_factory=QuickBooksState.empty)
     outbox: pl.LazyFrame | None = None  # writeback.outbox: items created by earlier write-backs
     xero_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # tenant -> its Xero connection's
+    crm_settings: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)  # crm -> tenant -> settings
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -208,21 +215,100 @@ def _reasons(reasons: list[str] | None) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
+class AppWords:
+    """What an accounting app's rows say in its own words, where every accounting app plans alike (customers,
+    the later-mapping rule, mark paid, import, link, validation): the general planners below call these; an app
+    subclasses it (QuickBooksWords here, XeroWords in xero.py)."""
+
+    app: str
+    label: str  # the app's name in reasons and errors
+    service: str  # the integration-id service Sequence stores the app's customer id under
+    alias_prefix: str  # a customer imported from the app gets the alias <prefix><app id>
+    created_id: str  # what the Sequence link after a customer create stores ("the id of the QuickBooks customer")
+    linked_id: str  # what a candidate's Sequence link stores ("the QuickBooks id")
+    id_fields: Mapping[str, str]  # entity -> the payload field naming the app's record
+    item_field: str  # the payload field of a line's item, in the later-mapping error
+    item_name_path: str  # where a create_item payload names its item (JSON path)
+    import_country: tuple[str, ...] = ("country",)  # columns, first non-null, for an import's country
+    active_names_only: bool = False  # a new customer's name must differ only from active customers'
+    company_columns: tuple[str, ...] = ()  # companies' columns a customer create reads
+
+    def customer_create(self, r: Mapping[str, Any]) -> tuple[dict[str, Any], str, str | None, str | None]:
+        """A customer create's payload, a note for its reason, its error (r["_taken"]: the id of an app
+        customer of that name), and the currency the new customer has (None: unknown)."""
+        raise NotImplementedError
+
+    def customer_update(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        """A customer update's payload (r: the Sequence customer, app_id, sync_token)."""
+        raise NotImplementedError
+
+
+class QuickBooksWords(AppWords):
+    app, label, service, alias_prefix = QUICKBOOKS, "QuickBooks", QBO_SERVICE, "qb-"
+    created_id, linked_id = "the id of the QuickBooks customer", "the QuickBooks id"
+    id_fields = {entity: "Id" for entity in QBO_ENTITIES}
+    item_field, item_name_path = "Line.ItemRef", "$.Name"
+    import_country = ("country_as_sent", "country")  # QuickBooks' own text when it is not a code
+    company_columns = ("home_currency", "multi_currency")
+
+    def customer_create(self, r: Mapping[str, Any]) -> tuple[dict[str, Any], str, str | None, str | None]:
+        # the currency a new customer gets: its latest issued document's (multi-currency), else the home currency
+        currency = (r["_currency"] or r["home_currency"]) if r["multi_currency"] else None
+        payload = {**_customer_payload(r), "CurrencyRef": {"value": currency} if currency else None}
+        note = f" Currency {currency} (its documents' currency; multi-currency is on)." if currency else ""
+        error = (f"DisplayName: QuickBooks customer {r['_taken']} already has the name '{r['name']}' (display "
+                 "names are unique): link the two instead" if r["_taken"] else None)
+        return payload, note, error, currency or r["home_currency"]
+
+    def customer_update(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        return {"Id": r["app_id"], "SyncToken": r["sync_token"], "sparse": True, **_customer_payload(r)}
+
+
+QBO_WORDS = QuickBooksWords()
+VERSIONS_SCHEMA = {"tenant": pl.String, "entity": pl.String, "id": pl.String, "sync_token": pl.String}
+
+
 @dataclass
 class _Context:
-    """Frames every part of the plan reads, restricted to the tenants being planned."""
+    """Frames every part of one app's plan reads, restricted to the tenants being planned."""
 
     inputs: PlanInputs
     tenants: list[str]
     settings: SettingsFrames
-    companies: pl.DataFrame  # tenant -> merchant_email, invoice_date, codes, default_item_id, home, multi, us
+    companies: pl.DataFrame  # tenant -> merchant_email, invoice_date, codes, and what the app adds
     actions: pl.DataFrame  # one row per (tenant, entity, sequence_id, app_id, action): fields, reasons
+    words: AppWords = QBO_WORDS
+    versions_frame: pl.LazyFrame | None = None  # tenant, entity, id, sync_token: the app's record versions
+    app_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # tenant -> the connection's
 
     def unified(self, table: str, app: str) -> pl.LazyFrame:
         return self.inputs.unified[table].filter((pl.col("app") == app) & pl.col("tenant").is_in(self.tenants))
 
     def acting(self, entity: str, action: str) -> pl.DataFrame:
         return self.actions.filter((pl.col("entity") == entity) & (pl.col("proposed_action") == action))
+
+    def versions(self, entity: str) -> pl.DataFrame:
+        """(tenant, app_id, sync_token) of the app's records (empty for an app without versions)."""
+        frame = self.versions_frame if self.versions_frame is not None else pl.LazyFrame(schema=VERSIONS_SCHEMA)
+        return (frame.filter(pl.col("entity") == entity).select("tenant", pl.col("id").alias("app_id"), "sync_token")
+                .unique(subset=["tenant", "app_id"], keep="last").collect())
+
+    def row(self, tenant: str, app: str, entity: str, operation: str, sequence_id: str | None, app_id: str | None,
+            payload: dict[str, Any], reason: str, **kw: Any) -> Row:
+        """A row of this app's plan (its Sequence writes' counterpart_app is the app too)."""
+        return Row(tenant, app, entity, operation, sequence_id, app_id, payload, reason,
+                   counterpart_app=self.words.app, **kw)
+
+
+def app_actions(inputs: PlanInputs, app: str, tenants: list[str]) -> pl.DataFrame:
+    """reconcile's mismatches between Sequence and `app` that a write settles, one row per record and action."""
+    return (inputs.mismatches
+            .filter((pl.col("app") == app) & pl.col("proposed_action").is_in(WRITE_ACTIONS)
+                    & pl.col("tenant").is_in(tenants))
+            .group_by("tenant", "entity", "sequence_id", "app_id", "proposed_action", maintain_order=True)
+            .agg(pl.col("field").drop_nulls().unique().sort().alias("fields"),
+                 pl.col("kind").unique().sort().alias("kinds"), pl.col("reason").alias("reasons"))
+            .collect())
 
 
 def _context(inputs: PlanInputs, tenants: Iterable[str] | None) -> _Context:
@@ -242,54 +328,97 @@ def _context(inputs: PlanInputs, tenants: Iterable[str] | None) -> _Context:
                  .with_columns(home_currency=pl.coalesce("_home", "home_currency"),
                                multi_currency=pl.coalesce("_multi", "_multi_setting", pl.lit(False)))
                  .drop("_home", "_multi", "_multi_setting").collect())
-    actions = (inputs.mismatches
-               .filter((pl.col("app") == QUICKBOOKS) & pl.col("proposed_action").is_in(WRITE_ACTIONS)
-                       & pl.col("tenant").is_in(chosen))
-               .group_by("tenant", "entity", "sequence_id", "app_id", "proposed_action", maintain_order=True)
-               .agg(pl.col("field").drop_nulls().unique().sort().alias("fields"),
-                    pl.col("kind").unique().sort().alias("kinds"), pl.col("reason").alias("reasons"))
-               .collect())
-    return _Context(inputs, chosen, settings, companies, actions)
+    return _Context(inputs, chosen, settings, companies, app_actions(inputs, QUICKBOOKS, chosen), QBO_WORDS,
+                    inputs.quickbooks.versions, {t: inputs.settings[t] for t in chosen})
+
+
+ORDER = {"create_item": 0, "update_item": 1, "create": 2, "import": 3, "update": 4, "set_email": 5, "link": 6,
+         "void": 7, "mark_paid": 8}  # a plan's rows per tenant and app: items, then what uses them
 
 
 def build_plan(inputs: PlanInputs, *, tenants: Iterable[str] | None = None, invoice: str | None = None,
-               reference: Reference | None = None) -> pl.DataFrame:
-    """The plan (PLAN_SCHEMA) for the tenants (default: every tenant with settings), for every accounting app a
-    tenant connects (QuickBooks here, Xero in xero.py: a tenant with both gets the writes of both). `invoice`: only
-    the writes that one Sequence invoice needs, with what they depend on (a re-sync). `reference`: what QuickBooks
-    payload ids must resolve to (default: from the unified tables)."""
-    from assets.writeback.xero import build_xero_plan  # xero.py builds on this module
+               reference: Reference | Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """The plan (PLAN_SCHEMA) for the tenants (default: every tenant with settings), for every app a tenant
+    connects: each writer of writers.WRITERS adds its app's rows (QuickBooks here, Xero in xero.py, the CRMs in
+    crm.py), so a tenant with QuickBooks and Xero gets the writes of both. `invoice`: only the writes that one
+    Sequence invoice needs, with what they depend on (a re-sync). `reference`: what payload ids must resolve to
+    (app -> the app's reference, or QuickBooks' Reference alone; default: from the unified tables)."""
+    from assets.writeback.writers import writers  # the writers build on this module
 
-    xero = build_xero_plan(inputs, inputs.xero_settings, tenants=tenants, invoice=invoice)
-    plan = _quickbooks_plan(inputs, tenants=tenants, invoice=invoice, reference=reference)
-    # an invoice paid in both apps is marked paid in Sequence once
-    paid = (plan.filter(pl.col("operation") == "mark_paid").select("tenant", "sequence_id", _paid=pl.lit(True))
-            .unique(subset=["tenant", "sequence_id"]))
-    xero = (xero.join(paid, on=["tenant", "sequence_id"], how="left")
-            .filter(~(pl.col("_paid").fill_null(False) & (pl.col("operation") == "mark_paid"))).drop("_paid"))
-    # a company both apps would import becomes one Sequence customer (QuickBooks' import); reconciliation then
-    # finds it as the Xero contact's candidate and links the two
-    name = folded_text(pl.col("payload").str.json_path_match("$.legalName"))
-    imported = (plan.filter((pl.col("operation") == "import") & (pl.col("state") == "planned"))
-                .select("tenant", name.alias("_name"), pl.col("idempotency_key").alias("_twin"))
-                .unique(subset=["tenant", "_name"]))
-    xero = (xero.with_columns(_name=pl.when(pl.col("operation") == "import").then(name))
-            .join(imported, on=["tenant", "_name"], how="left")
-            .with_columns(state=pl.when(pl.col("_twin").is_not_null()).then(pl.lit("skipped")).otherwise("state"),
-                          error=pl.when(pl.col("_twin").is_not_null())
-                          .then(pl.format("operation: QuickBooks' import (write {}) creates this customer in "
-                                          "Sequence; the next reconciliation links it to this Xero contact", "_twin"))
-                          .otherwise("error"))
-            .drop("_name", "_twin"))
-    order = {"create_item": 0, "update_item": 1, "create": 2, "import": 3, "update": 4, "set_email": 5, "link": 6,
-             "void": 7, "mark_paid": 8}
-    return (pl.concat([plan, xero]).with_columns(_o=pl.col("operation").replace_strict(order, default=9,
-                                                                                        return_dtype=pl.Int64))
+    references = reference if isinstance(reference, Mapping) else {QUICKBOOKS: reference}
+    accounting: list[pl.DataFrame] = []
+    for writer in writers():
+        if writer.plan is not None:
+            rows = writer.plan(inputs, tenants=tenants, invoice=invoice, reference=references.get(writer.app))
+            accounting.append(once(pl.concat([empty_plan(), *accounting]), rows, writer.contact))
+    plan = sort_plan(pl.concat([empty_plan(), *accounting]))
+    for writer in writers():
+        if writer.extend is not None:
+            plan = writer.extend(inputs, plan, tenants=tenants, invoice=invoice)
+    return plan
+
+
+def sort_plan(plan: pl.DataFrame) -> pl.DataFrame:
+    return (plan.with_columns(_o=pl.col("operation").replace_strict(ORDER, default=9, return_dtype=pl.Int64))
             .sort("tenant", "app", "_o", "entity", "sequence_id", "app_id", nulls_last=True).drop("_o"))
 
 
-def _quickbooks_plan(inputs: PlanInputs, *, tenants: Iterable[str] | None, invoice: str | None,
-                     reference: Reference | None) -> pl.DataFrame:
+def once(earlier: pl.DataFrame, rows: pl.DataFrame, contact: str) -> pl.DataFrame:
+    """An app's rows beside the earlier apps' (`contact`: what the app calls a customer): an invoice paid in two
+    apps is marked paid in Sequence once (the earlier app's row); a company two apps would import becomes one
+    Sequence customer (the earlier app's import), which reconciliation then finds as the other app's candidate
+    and links."""
+    if earlier.height == 0:
+        return rows
+    paid = (earlier.filter(pl.col("operation") == "mark_paid").select("tenant", "sequence_id", _paid=pl.lit(True))
+            .unique(subset=["tenant", "sequence_id"]))
+    rows = (rows.join(paid, on=["tenant", "sequence_id"], how="left")
+            .filter(~(pl.col("_paid").fill_null(False) & (pl.col("operation") == "mark_paid"))).drop("_paid"))
+    from assets.writeback.writers import writers
+
+    name = folded_text(pl.col("payload").str.json_path_match("$.legalName"))
+    labels = {writer.app: writer.possessive for writer in writers()}
+    imported = (earlier.filter((pl.col("operation") == "import") & (pl.col("state") == "planned"))
+                .select("tenant", name.alias("_name"), pl.col("idempotency_key").alias("_twin"),
+                        pl.col("counterpart_app").replace_strict(labels, default="another app's").alias("_by"))
+                .unique(subset=["tenant", "_name"]))
+    return (rows.with_columns(_name=pl.when(pl.col("operation") == "import").then(name))
+            .join(imported, on=["tenant", "_name"], how="left")
+            .with_columns(state=pl.when(pl.col("_twin").is_not_null()).then(pl.lit("skipped")).otherwise("state"),
+                          error=pl.when(pl.col("_twin").is_not_null())
+                          .then(pl.format("operation: {} import (write {}) creates this customer in Sequence; the "
+                                          f"next reconciliation links it to this {contact}", "_by", "_twin"))
+                          .otherwise("error"))
+            .drop("_name", "_twin", "_by"))
+
+
+def finished(rows: list[Row], failures: Callable[[pl.DataFrame], pl.DataFrame], label: str,
+             invoice: str | None) -> pl.DataFrame:
+    """One app's rows as a plan: payloads breaking their contract skipped (`failures`: planned rows -> field
+    failures, checks/payloads*.py; `label`: how an error names the app, e.g. "Xero "), then the rows waiting for
+    a skipped row, then (a re-sync) only what one invoice needs."""
+    plan = _frame(rows)
+    plan = validated(plan, failures(plan.filter(pl.col("state") == "planned")), label)
+    plan = _blocked_by_dependencies(plan)
+    return for_invoice(plan, invoice) if invoice is not None else plan
+
+
+def validated(plan: pl.DataFrame, failures: pl.DataFrame, label: str = "") -> pl.DataFrame:
+    """Rows whose payload breaks its contract are skipped, with every problem named (record, field, reason)."""
+    if failures.height == 0:
+        return plan
+    problems = describe(failures).rename({"error": "_problem"})
+    record = pl.format("{} {}", pl.col("entity").str.replace("_", " "), pl.coalesce("sequence_id", "app_id"))
+    return (plan.join(problems, on="idempotency_key", how="left", validate="1:1")
+            .with_columns(state=pl.when(pl.col("_problem").is_not_null()).then(pl.lit("skipped")).otherwise("state"),
+                          error=pl.coalesce("error", pl.format(f"invalid payload for {label}{{}}: {{}}", record,
+                                                               "_problem")))
+            .drop("_problem"))
+
+
+def quickbooks_plan(inputs: PlanInputs, *, tenants: Iterable[str] | None = None, invoice: str | None = None,
+                    reference: Reference | None = None) -> pl.DataFrame:
+    """The QuickBooks part of the plan (PLAN_SCHEMA): `inputs.settings` is tenant -> its QuickBooks settings."""
     ctx = _context(inputs, tenants)
     if not ctx.tenants:
         return empty_plan()
@@ -297,14 +426,12 @@ def _quickbooks_plan(inputs: PlanInputs, *, tenants: Iterable[str] | None, invoi
     items = _item_rows(ctx)
     rows += items
     mapping = _item_mapping(ctx, items)
-    customers, customer_ids, customer_currency = _customer_rows(ctx)
+    customers, customer_ids, customer_currency = customer_rows(ctx)
     rows += customers
     rows += _document_rows(ctx, mapping, customer_ids, customer_currency)
-    rows += _sequence_rows(ctx)
-    plan = _frame(rows)
-    plan = _validated(plan, reference if reference is not None else default_reference(inputs, ctx.tenants, ctx))
-    plan = _blocked_by_dependencies(plan)
-    return for_invoice(plan, invoice) if invoice is not None else plan
+    rows += mark_paid_rows(ctx)
+    reference = reference if reference is not None else default_reference(inputs, ctx.tenants, ctx)
+    return finished(rows, lambda planned: payload_failures(planned, reference), "", invoice)
 
 
 def default_reference(inputs: PlanInputs, tenants: list[str], ctx: _Context | None = None) -> Reference:
@@ -332,20 +459,6 @@ def default_reference(inputs: PlanInputs, tenants: list[str], ctx: _Context | No
     return Reference(tax_codes=qbo("tax_codes"), items=items, accounts=qbo("accounts", active=False),
                      customers=customers,
                      companies=companies.select("tenant", "home_currency", "multi_currency", "us_sales_tax"))
-
-
-def _validated(plan: pl.DataFrame, reference: Reference) -> pl.DataFrame:
-    """Rows whose payload breaks its contract are skipped, with every problem named."""
-    failures = payload_failures(plan.filter(pl.col("state") == "planned"), reference)
-    if failures.height == 0:
-        return plan
-    problems = describe(failures)
-    record = pl.format("{} {}", pl.col("entity").str.replace("_", " "), pl.coalesce("sequence_id", "app_id"))
-    return (plan.join(problems, on="idempotency_key", how="left", validate="1:1")
-            .with_columns(state=pl.when(pl.col("error_right").is_not_null()).then(pl.lit("skipped"))
-                          .otherwise("state"),
-                          error=pl.coalesce("error", pl.format("invalid payload for {}: {}", record, "error_right")))
-            .drop("error_right"))
 
 
 def _blocked_by_dependencies(plan: pl.DataFrame) -> pl.DataFrame:
@@ -454,9 +567,7 @@ def _item_rows(ctx: _Context) -> list[Row]:
 
 
 def _versions(ctx: _Context, entity: str) -> pl.DataFrame:
-    return (ctx.inputs.quickbooks.versions.filter(pl.col("entity") == entity)
-            .select("tenant", pl.col("id").alias("app_id"), "sync_token")
-            .unique(subset=["tenant", "app_id"], keep="last").collect())
+    return ctx.versions(entity)
 
 
 def _item_mapping(ctx: _Context, planned: list[Row]) -> pl.DataFrame:
@@ -512,73 +623,71 @@ def _customer_payload(r: Mapping[str, Any]) -> dict[str, Any]:
             "PrimaryEmailAddr": {"Address": r["email"]} if r["email"] else None, "BillAddr": _qbo_address(r)}
 
 
-def _customer_rows(ctx: _Context) -> tuple[list[Row], pl.DataFrame, pl.DataFrame]:
-    """QuickBooks creates (each followed by a Sequence write storing the new id as the customer's integration
-    id), updates, Sequence links of candidates, and imports. Also returns who each Sequence customer is in
-    QuickBooks (tenant, customer_id, expected_customer_id: an id or a $ref) and the currency of customers this
-    plan creates (tenant, expected_customer_id, customer_currency)."""
+def customer_rows(ctx: _Context) -> tuple[list[Row], pl.DataFrame, pl.DataFrame]:
+    """Any accounting app's customer writes (ctx.words says them in the app's words): creates (each followed by
+    a Sequence write storing the new id as the customer's integration id), updates, Sequence links of
+    candidates, and imports. Also returns who each Sequence customer is in the app (tenant, customer_id,
+    expected_customer_id: an id or a $ref) and the currency of customers this plan creates (tenant,
+    expected_customer_id, customer_currency)."""
+    words, app = ctx.words, ctx.words.app
     seq = ctx.unified("customers", SEQUENCE).collect()
-    qbo = ctx.unified("customers", QUICKBOOKS).collect()
+    theirs = ctx.unified("customers", app).collect()
     rows: list[Row] = []
-    # the currency a new customer gets: its latest issued document's (multi-currency), else the home currency
+    # the currency of a customer's latest issued document
     documents = pl.concat([ctx.unified(t, SEQUENCE).filter(pl.col("status") != "DRAFT")
                            .select("tenant", "customer_id", "currency", "issue_date", "created_at")
                            for t in ("invoices", "credit_notes")]).collect()
     latest = (documents.sort("issue_date", "created_at", nulls_last=False)
               .group_by("tenant", "customer_id").agg(pl.col("currency").last().alias("_currency")))
-    taken = qbo.select("tenant", folded_text(pl.col("name")).alias("_folded"), pl.col("id").alias("_taken")) \
+    named = theirs.filter(pl.col("active").fill_null(True)) if words.active_names_only else theirs
+    taken = named.select("tenant", folded_text(pl.col("name")).alias("_folded"), pl.col("id").alias("_taken")) \
         .unique(subset=["tenant", "_folded"], keep="first")
     create = (ctx.acting("customer", "create_in_app")
               .join(seq.rename({"id": "sequence_id"}), on=["tenant", "sequence_id"], how="inner")
-              .join(latest.rename({"customer_id": "sequence_id"}), on=["tenant", "sequence_id"], how="left")
-              .join(ctx.companies.select("tenant", "home_currency", "multi_currency"), on="tenant", how="left")
-              .with_columns(_folded=folded_text(pl.col("name")))
-              .join(taken, on=["tenant", "_folded"], how="left"))
+              .join(latest.rename({"customer_id": "sequence_id"}), on=["tenant", "sequence_id"], how="left"))
+    if words.company_columns:
+        create = create.join(ctx.companies.select("tenant", *words.company_columns), on="tenant", how="left")
+    create = create.with_columns(_folded=folded_text(pl.col("name"))).join(taken, on=["tenant", "_folded"], how="left")
     created: list[tuple[str, str, str, str | None]] = []
     for r in create.sort("tenant", "sequence_id").to_dicts():
-        currency = (r["_currency"] or r["home_currency"]) if r["multi_currency"] else None
-        payload = {**_customer_payload(r), "CurrencyRef": {"value": currency} if currency else None}
-        note = f" Currency {currency} (its documents' currency; multi-currency is on)." if currency else ""
-        error = (f"DisplayName: QuickBooks customer {r['_taken']} already has the name '{r['name']}' (display "
-                 "names are unique): link the two instead" if r["_taken"] else None)
-        row = Row(r["tenant"], QUICKBOOKS, "customer", "create", r["sequence_id"], None, payload,
-                  _reasons(r["reasons"]) + note, error=error)
+        payload, note, error, currency = words.customer_create(r)
+        row = ctx.row(r["tenant"], app, "customer", "create", r["sequence_id"], None, payload,
+                      _reasons(r["reasons"]) + note, error=error)
         rows.append(row)
-        created.append((r["tenant"], r["sequence_id"], ref(row.key), currency or r["home_currency"]))
-        rows.append(Row(r["tenant"], SEQUENCE, "customer", "link", r["sequence_id"], None,
-                        {"customerId": r["sequence_id"], "integrationIds": [{"service": QBO_SERVICE,
-                                                                             "id": ref(row.key)}]},
-                        f"Stores the id of the QuickBooks customer created for '{r['name']}' as its integration id.",
-                        depends_on=[row.key]))
-    versions = _versions(ctx, "customer")
+        created.append((r["tenant"], r["sequence_id"], ref(row.key), currency))
+        rows.append(ctx.row(r["tenant"], SEQUENCE, "customer", "link", r["sequence_id"], None,
+                            {"customerId": r["sequence_id"], "integrationIds": [{"service": words.service,
+                                                                                 "id": ref(row.key)}]},
+                            f"Stores {words.created_id} created for '{r['name']}' as its integration id.",
+                            depends_on=[row.key]))
     update = (ctx.acting("customer", "update_in_app")
               .join(seq.rename({"id": "sequence_id"}), on=["tenant", "sequence_id"], how="inner")
-              .join(versions, on=["tenant", "app_id"], how="left"))
+              .join(ctx.versions("customer"), on=["tenant", "app_id"], how="left"))
     for r in update.sort("tenant", "sequence_id").to_dicts():
-        payload = {"Id": r["app_id"], "SyncToken": r["sync_token"], "sparse": True, **_customer_payload(r)}
-        rows.append(Row(r["tenant"], QUICKBOOKS, "customer", "update", r["sequence_id"], r["app_id"], payload,
-                        _reasons(r["reasons"])))
+        rows.append(ctx.row(r["tenant"], app, "customer", "update", r["sequence_id"], r["app_id"],
+                            words.customer_update(r), _reasons(r["reasons"])))
     link = ctx.acting("customer", "link").filter(pl.col("sequence_id").is_not_null() & pl.col("app_id").is_not_null())
     for r in link.sort("tenant", "sequence_id").to_dicts():
-        rows.append(Row(r["tenant"], SEQUENCE, "customer", "link", r["sequence_id"], r["app_id"],
-                        {"customerId": r["sequence_id"], "integrationIds": [{"service": QBO_SERVICE,
-                                                                             "id": r["app_id"]}]},
-                        _reasons(r["reasons"]) + " Stores the QuickBooks id as the customer's integration id."))
+        rows.append(ctx.row(r["tenant"], SEQUENCE, "customer", "link", r["sequence_id"], r["app_id"],
+                            {"customerId": r["sequence_id"], "integrationIds": [{"service": words.service,
+                                                                                 "id": r["app_id"]}]},
+                            _reasons(r["reasons"]) + f" Stores {words.linked_id} as the customer's integration id."))
     imports = (ctx.acting("customer", "import_to_sequence")
-               .join(qbo.rename({"id": "app_id"}), on=["tenant", "app_id"], how="inner"))
+               .join(theirs.rename({"id": "app_id"}), on=["tenant", "app_id"], how="inner"))
     for r in imports.sort("tenant", "app_id").to_dicts():
         name = (r["name"] or "").strip()
+        country = next((r[c] for c in words.import_country if r[c]), r[words.import_country[-1]])
         payload = {"legalName": name,
                    "address": {"line1": r["line1"], "line2": r["line2"], "town": r["city"], "state": r["region"],
-                               "postcode": r["postal_code"], "country": r["country_as_sent"] or r["country"]},
+                               "postcode": r["postal_code"], "country": country},
                    "taxStatus": r["tax_status"] or "TAXED",
                    "contacts": [{"name": name, "email": r["email"], "billingPreference": "PRIMARY"}],
-                   "customerAliases": [f"qb-{r['app_id']}"],
-                   "integrationIds": [{"service": QBO_SERVICE, "id": r["app_id"]}]}
-        rows.append(Row(r["tenant"], SEQUENCE, "customer", "import", None, r["app_id"], payload,
-                        _reasons(r["reasons"])))
-    # who each Sequence customer is in QuickBooks: its link, else a candidate being linked, else a create
-    linked = (ctx.inputs.links.filter((pl.col("entity") == "customer") & (pl.col("app") == QUICKBOOKS)
+                   "customerAliases": [f"{words.alias_prefix}{r['app_id']}"],
+                   "integrationIds": [{"service": words.service, "id": r["app_id"]}]}
+        rows.append(ctx.row(r["tenant"], SEQUENCE, "customer", "import", None, r["app_id"], payload,
+                            _reasons(r["reasons"])))
+    # who each Sequence customer is in the app: its link, else a candidate being linked, else a create
+    linked = (ctx.inputs.links.filter((pl.col("entity") == "customer") & (pl.col("app") == app)
                                       & pl.col("tenant").is_in(ctx.tenants))
               .select("tenant", pl.col("sequence_id").alias("customer_id"), pl.col("app_id").alias("_linked"))
               .unique().collect()
@@ -620,19 +729,7 @@ def _document_rows(ctx: _Context, mapping: pl.DataFrame, customer_ids: pl.DataFr
 
 def _documents_of(ctx: _Context, entity: str, table: str, line_table: str, mapping: pl.DataFrame,
                   customer_ids: pl.DataFrame, customer_currency: pl.DataFrame) -> list[Row]:
-    acting = ctx.actions.filter(pl.col("entity") == entity)
-    rows: list[Row] = []
-    later = _later_mapping_only(ctx, entity, table)
-    for r in later.sort("tenant", "sequence_id").to_dicts():
-        rows.append(Row(r["tenant"], QUICKBOOKS, entity, "update", r["sequence_id"], r["app_id"],
-                        {"Id": r["app_id"]}, "Its lines are on another item than the product's new item.",
-                        error=(f"Line.ItemRef: {entity.replace('_', ' ')} {r['sequence_id']} was synced before "
-                               f"item '{r['_items']}' was created for its product; a mapping applies to documents "
-                               "synced after it, so the synced document keeps its item (re-sync it to move it)")))
-    # those documents' update_in_app is answered by the rows above (their other actions, e.g. a void, stand)
-    acting = pl.concat([acting.filter(pl.col("proposed_action") != "update_in_app"),
-                        acting.filter(pl.col("proposed_action") == "update_in_app")
-                        .join(later.select("tenant", "sequence_id"), on=["tenant", "sequence_id"], how="anti")])
+    rows, acting = document_actions(ctx, entity, table)
     wanted = (acting.filter(pl.col("proposed_action").is_in(["create_in_app", "update_in_app"]))
               .select("tenant", "sequence_id").unique())
     # void and link need no document content
@@ -733,24 +830,72 @@ def _expected_documents(ctx: _Context, entity: str, table: str, wanted: pl.DataF
     held = ctx.unified(table, QUICKBOOKS).select(
         "tenant", pl.col("id").alias("linked_id"),
         (pl.col("gross_total") - pl.col("balance")).alias("_applied")).collect()
-    # only the documents being written are read whole (a large tenant has many more)
-    seq = (ctx.unified(table, SEQUENCE).rename({"id": "sequence_id"})
-           .join(wanted.lazy(), on=["tenant", "sequence_id"], how="semi").collect())
     merchant = pl.col("merchant_email")
-    return (seq
-            .join(links, on=["tenant", "sequence_id"], how="left")
+    return (sequence_documents(ctx, table, wanted, links, customer_ids)
             .join(held, on=["tenant", "linked_id"], how="left")
-            .join(customer_ids, on=["tenant", "customer_id"], how="left")
             .join(customer_currency, on=["tenant", "expected_customer_id"], how="left")
-            .join(ctx.companies, on="tenant", how="left")
             .join(rates, on=["tenant", "currency"], how="left")
             .with_columns(
-                expected_date=expected_invoice_date(pl.col("invoice_date").fill_null("issue"), pl.col("issue_date"),
-                                                    pl.col("accounting_date")),
                 expected_billing_email=expected_billing_email(pl.col("app_status"), pl.col("billing_email"), merchant),
                 exchange=pl.when(pl.col("multi_currency") & (pl.col("currency") != pl.col("home_currency")))
                 .then(pl.col("_rate")),
                 _doc=pl.concat_str(["tenant", pl.lit("\x1f"), "sequence_id"])))
+
+
+def sequence_documents(ctx: _Context, table: str, wanted: pl.DataFrame, links: pl.DataFrame,
+                       customer_ids: pl.DataFrame) -> pl.DataFrame:
+    """The Sequence documents any accounting app is to hold (wanted: tenant, sequence_id), with their twin in the
+    app (links: tenant, sequence_id, linked_id), who their customer is there (customer_ids), the tenant's
+    settings (ctx.companies) and the date the seed's invoice-date setting gives (expected_date)."""
+    # only the documents being written are read whole (a large tenant has many more)
+    return (ctx.unified(table, SEQUENCE).rename({"id": "sequence_id"})
+            .join(wanted.select("tenant", "sequence_id").unique().lazy(), on=["tenant", "sequence_id"], how="semi")
+            .collect()
+            .join(links, on=["tenant", "sequence_id"], how="left")
+            .join(customer_ids, on=["tenant", "customer_id"], how="left")
+            .join(ctx.companies, on="tenant", how="left")
+            .with_columns(expected_date=expected_invoice_date(pl.col("invoice_date").fill_null("issue"),
+                                                              pl.col("issue_date"), pl.col("accounting_date"))))
+
+
+def sequence_lines(ctx: _Context, line_table: str, docs: pl.DataFrame, customer_codes: pl.DataFrame, *,
+                   heads: Iterable[str], mapped: Callable[[pl.DataFrame], pl.DataFrame],
+                   columns: Mapping[str, pl.Expr], us_sales_tax: pl.Expr = pl.lit(False)) -> pl.DataFrame:
+    """The lines of the documents to write (docs) as any accounting app should hold them, by the seed's rules:
+    description "[group]: [line]", tax_code by the resolution order (customer_codes: tenant, expected_customer_id,
+    _customer_code, the app customer's default code), _rank (position within the document); the app adds its
+    item columns (`mapped` joins its product mapping, `columns` names them); `heads`: the app's document columns
+    its lines read."""
+    customers = ctx.unified("customers", SEQUENCE).select("tenant", pl.col("id").alias("customer_id"),
+                                                         "tax_status").collect()
+    head = docs.select("tenant", pl.col("sequence_id").alias("document_id"), "customer_id", "expected_customer_id",
+                       "linked_id", "fallback_tax_code", "exempt_tax_code", "reverse_charge_tax_code",
+                       "account_default_tax_code", *heads)
+    lines = (ctx.unified(line_table, SEQUENCE).join(head.lazy(), on=["tenant", "document_id"], how="inner")
+             .collect()
+             .join(customers, on=["tenant", "customer_id"], how="left")
+             .join(customer_codes, on=["tenant", "expected_customer_id"], how="left")
+             .join(ctx.settings.tax_codes.collect().rename({"tax_code": "_mapped_code"}),
+                   on=["tenant", "tax_category_id"], how="left"))
+    return (mapped(lines)
+            .with_columns(
+                _rank=pl.col("position").rank("ordinal").over("tenant", "document_id").cast(pl.Int64),
+                description=line_description(pl.col("group_title"), pl.col("title"), pl.col("description")),
+                tax_code=expected_tax_code(pl.col("tax_status"), pl.col("_mapped_code"), pl.col("fallback_tax_code"),
+                                           pl.col("exempt_tax_code"), pl.col("reverse_charge_tax_code"),
+                                           pl.col("account_default_tax_code"), pl.col("_customer_code"),
+                                           us_sales_tax),
+                **columns)
+            .sort("tenant", "document_id", "_rank"))
+
+
+def twin_lines(ctx: _Context, line_table: str, docs: pl.DataFrame) -> pl.DataFrame:
+    """(tenant, linked_id, line_id, _rank): the app's lines of the documents' twins, ranked by position."""
+    twins = docs.select("tenant", pl.col("linked_id").alias("document_id")).drop_nulls().unique()
+    return (ctx.unified(line_table, ctx.words.app).join(twins.lazy(), on=["tenant", "document_id"], how="semi")
+            .select("tenant", pl.col("document_id").alias("linked_id"), pl.col("id").alias("line_id"),
+                    _rank=pl.col("position").rank("ordinal").over("tenant", "document_id").cast(pl.Int64))
+            .collect())
 
 
 def _expected_lines(ctx: _Context, table: str, line_table: str, docs: pl.DataFrame, mapping: pl.DataFrame
@@ -758,37 +903,17 @@ def _expected_lines(ctx: _Context, table: str, line_table: str, docs: pl.DataFra
     """The documents' lines as QuickBooks should hold them: item by the product mapping (the default item for
     unmapped products), "[group]: [line]", the tax code by the seed's resolution order, Qty, UnitPrice, and the
     QuickBooks Line.Id of the twin line (so that Sequence's line links stay valid on an update)."""
-    customers = ctx.unified("customers", SEQUENCE).select("tenant", pl.col("id").alias("customer_id"),
-                                                         "tax_status").collect()
     tax_defaults = ctx.inputs.quickbooks.customer_tax_codes.filter(pl.col("tenant").is_in(ctx.tenants)).select(
         "tenant", pl.col("id").alias("expected_customer_id"), pl.col("default_tax_code").alias("_customer_code")
     ).unique(subset=["tenant", "expected_customer_id"]).collect()
-    heads = docs.select("tenant", pl.col("sequence_id").alias("document_id"), "customer_id", "expected_customer_id",
-                        "linked_id", "_doc", "merchant_email", "fallback_tax_code", "exempt_tax_code",
-                        "reverse_charge_tax_code", "account_default_tax_code", "default_item_id", "us_sales_tax")
-    lines = (ctx.unified(line_table, SEQUENCE).join(heads.lazy(), on=["tenant", "document_id"], how="inner")
-             .collect()
-             .join(customers, on=["tenant", "customer_id"], how="left")
-             .join(tax_defaults, on=["tenant", "expected_customer_id"], how="left")
-             .join(ctx.settings.tax_codes.collect().rename({"tax_code": "_mapped_code"}),
-                   on=["tenant", "tax_category_id"], how="left")
-             .join(mapping.select("tenant", "product_id", pl.col("item").alias("_mapped_item")),
-                   on=["tenant", "product_id"], how="left")
-             .with_columns(
-                 _rank=pl.col("position").rank("ordinal").over("tenant", "document_id").cast(pl.Int64),
-                 item=expected_item(pl.col("_mapped_item"), pl.col("default_item_id")),
-                 description=line_description(pl.col("group_title"), pl.col("title"), pl.col("description")),
-                 tax_code=expected_tax_code(pl.col("tax_status"), pl.col("_mapped_code"), pl.col("fallback_tax_code"),
-                                            pl.col("exempt_tax_code"), pl.col("reverse_charge_tax_code"),
-                                            pl.col("account_default_tax_code"), pl.col("_customer_code"),
-                                            pl.col("us_sales_tax")))
-             .sort("tenant", "document_id", "_rank"))
+    lines = sequence_lines(
+        ctx, line_table, docs, tax_defaults, heads=("_doc", "merchant_email", "default_item_id", "us_sales_tax"),
+        mapped=lambda lines: lines.join(mapping.select("tenant", "product_id", pl.col("item").alias("_mapped_item")),
+                                        on=["tenant", "product_id"], how="left"),
+        columns={"item": expected_item(pl.col("_mapped_item"), pl.col("default_item_id"))},
+        us_sales_tax=pl.col("us_sales_tax"))
     # the twin line: the one Sequence links ("<document Id>-<Line.Id>"), else the one at the same position
-    twins = heads.select("tenant", pl.col("linked_id").alias("document_id")).drop_nulls().unique()
-    qbo_lines = (ctx.unified(line_table, QUICKBOOKS).join(twins.lazy(), on=["tenant", "document_id"], how="semi")
-                 .select("tenant", pl.col("document_id").alias("linked_id"), pl.col("id").alias("_qbo_line"),
-                         _rank=pl.col("position").rank("ordinal").over("tenant", "document_id").cast(pl.Int64))
-                 .collect())
+    qbo_lines = twin_lines(ctx, line_table, docs).rename({"line_id": "_qbo_line"})
     by_link = (lines.select("tenant", "document_id", "id", "linked_id", "links").explode("links")
                .filter(pl.col("links").is_not_null() & pl.col("linked_id").is_not_null())
                .with_columns(_value=pl.col("links").struct.field("app_id"))
@@ -821,32 +946,34 @@ def _expected_lines(ctx: _Context, table: str, line_table: str, docs: pl.DataFra
 LATER_MAPPING_FIELDS = frozenset({"line.item"})
 
 
-def _later_mapping_only(ctx: _Context, entity: str, table: str) -> pl.DataFrame:
+def later_mapping_only(ctx: _Context, entity: str, table: str) -> pl.DataFrame:
     """Synced documents whose every difference is a line on another item than a product's item created by a
-    write-back after the QuickBooks document existed. (tenant, sequence_id, app_id, _items: names of those items)"""
+    write-back after the app's document existed (an app that keeps no creation time: a document it already had
+    is taken as synced before). (tenant, sequence_id, app_id, _items: names of those items)"""
     schema = {"tenant": pl.String, "sequence_id": pl.String, "app_id": pl.String, "_items": pl.String}
+    app = ctx.words.app
     outbox = ctx.inputs.outbox
     if outbox is None or not outbox.collect_schema().len():
         return pl.DataFrame(schema=schema)
     created = (outbox.filter((pl.col("operation") == "create_item") & (pl.col("state") == "confirmed")
-                             & (pl.col("app") == QUICKBOOKS)
+                             & (pl.col("app") == app)
                              & pl.col("app_id").is_not_null() & pl.col("tenant").is_in(ctx.tenants))
                .select("tenant", pl.col("app_id").alias("sequence_value"), pl.col("confirmed_at").alias("_mapped_at"),
-                       pl.col("payload").str.json_path_match("$.Name").alias("_item_name"))
+                       pl.col("payload").str.json_path_match(ctx.words.item_name_path).alias("_item_name"))
                .unique(subset=["tenant", "sequence_value"]).collect())
     if created.height == 0:
         return pl.DataFrame(schema=schema)
     differences = (ctx.inputs.mismatches
-                   .filter((pl.col("app") == QUICKBOOKS) & (pl.col("entity") == entity)
+                   .filter((pl.col("app") == app) & (pl.col("entity") == entity)
                            & (pl.col("proposed_action") == "update_in_app") & pl.col("tenant").is_in(ctx.tenants))
                    .select("tenant", "sequence_id", "app_id", "field", "sequence_value").collect())
-    app_docs = ctx.unified(table, QUICKBOOKS).select("tenant", pl.col("id").alias("app_id"),
-                                                     pl.col("created_at").alias("_synced_at")).collect()
+    app_docs = ctx.unified(table, app).select("tenant", pl.col("id").alias("app_id"),
+                                              pl.col("created_at").alias("_synced_at")).collect()
     judged = (differences.join(created, on=["tenant", "sequence_value"], how="left")
               .join(app_docs, on=["tenant", "app_id"], how="left")
               .with_columns(_later=pl.col("field").is_in(list(LATER_MAPPING_FIELDS))
                             & pl.col("_mapped_at").is_not_null()
-                            # unknown creation time: the document was in QuickBooks before (its line is elsewhere)
+                            # unknown creation time: the document was in the app before (its line is elsewhere)
                             & (pl.col("_synced_at").is_null()
                                | (pl.col("_synced_at").cast(pl.Datetime("us", "UTC"))
                                   < pl.col("_mapped_at").cast(pl.Datetime("us", "UTC"))))))
@@ -855,6 +982,25 @@ def _later_mapping_only(ctx: _Context, entity: str, table: str) -> pl.DataFrame:
                  pl.col("_item_name").drop_nulls().unique().sort().str.join("', '").alias("_items"))
             .filter(pl.col("_only") & pl.col("sequence_id").is_not_null() & pl.col("app_id").is_not_null())
             .select(*schema))
+
+
+def document_actions(ctx: _Context, entity: str, table: str) -> tuple[list[Row], pl.DataFrame]:
+    """The write actions on an app's documents of one entity, and the rows of the later-mapping rule: a synced
+    document whose only difference is a later mapping's item is not rewritten (a skipped update saying why);
+    its other actions (e.g. a void) stand."""
+    acting = ctx.actions.filter(pl.col("entity") == entity)
+    later = later_mapping_only(ctx, entity, table)
+    rows = [ctx.row(r["tenant"], ctx.words.app, entity, "update", r["sequence_id"], r["app_id"],
+                    {ctx.words.id_fields[entity]: r["app_id"]},
+                    "Its lines are on another item than the product's new item.",
+                    error=(f"{ctx.words.item_field}: {entity.replace('_', ' ')} {r['sequence_id']} was synced before "
+                           f"item '{r['_items']}' was created for its product; a mapping applies to documents "
+                           "synced after it, so the synced document keeps its item (re-sync it to move it)"))
+            for r in later.sort("tenant", "sequence_id").to_dicts()]
+    acting = pl.concat([acting.filter(pl.col("proposed_action") != "update_in_app"),
+                        acting.filter(pl.col("proposed_action") == "update_in_app")
+                        .join(later.select("tenant", "sequence_id"), on=["tenant", "sequence_id"], how="anti")])
+    return rows, acting
 
 
 def _document_payload(doc: Mapping[str, Any], lines: list[dict], entity: str, *, create: bool) -> dict[str, Any]:
@@ -901,17 +1047,15 @@ def _line_payload(line: Mapping[str, Any], *, create: bool) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _sequence_rows(ctx: _Context) -> list[Row]:
-    """Paid in QuickBooks: mark paid in Sequence, never for an invoice with a Stripe payment link (Stripe says
+def mark_paid_rows(ctx: _Context) -> list[Row]:
+    """Paid in the app: mark paid in Sequence, never for an invoice with a Stripe payment link (Stripe says
     whether those are paid)."""
     invoices = ctx.unified("invoices", SEQUENCE).select("tenant", pl.col("id").alias("sequence_id"),
-                                                       "stripe_payment_link", "number").collect()
+                                                       "stripe_payment_link").collect()
     paid = ctx.acting("invoice", "mark_paid_in_sequence").join(invoices, on=["tenant", "sequence_id"], how="inner")
-    rows = []
-    for r in paid.sort("tenant", "sequence_id").to_dicts():
-        stripe = bool(r["stripe_payment_link"])
-        rows.append(Row(r["tenant"], SEQUENCE, "invoice", "mark_paid", r["sequence_id"], r["app_id"],
-                        {"invoiceId": r["sequence_id"], "paymentStatus": "PAID"}, _reasons(r["reasons"]),
-                        error=("operation: the invoice has a Stripe payment link, so Sequence takes its payment "
-                               "status from Stripe and never from QuickBooks") if stripe else None))
-    return rows
+    return [ctx.row(r["tenant"], SEQUENCE, "invoice", "mark_paid", r["sequence_id"], r["app_id"],
+                    {"invoiceId": r["sequence_id"], "paymentStatus": "PAID"}, _reasons(r["reasons"]),
+                    error=("operation: the invoice has a Stripe payment link, so Sequence takes its payment "
+                           f"status from Stripe and never from {ctx.words.label}") if r["stripe_payment_link"]
+                    else None)
+            for r in paid.sort("tenant", "sequence_id").to_dicts()]

@@ -17,6 +17,7 @@ from assets.writeback import outbox
 from assets.writeback.apply import ApplyResult, apply
 from assets.writeback.inputs import read_inputs
 from assets.writeback.plan import build_plan
+from assets.writeback.writers import SEQUENCE, WRITERS
 from connectors.auth import TokenStore
 from connectors.registry import Registry, load_registry
 
@@ -42,8 +43,9 @@ def plan_writes(warehouse: Path, registry: Registry, *, tenants: Iterable[str] |
         plan = build_plan(read_inputs(con, registry), tenants=tenants, invoice=invoice)
         merge = None
         if record:
+            # every tenant some writer plans for (a CRM-only tenant's stale rows are withdrawn too)
             planned_tenants = tenants if tenants is not None else sorted(
-                {c.tenant for app in ("quickbooks", "xero") for c in registry.for_app(app)})
+                {c.tenant for app in WRITERS if app != SEQUENCE for c in registry.for_app(app)})
             merge = outbox.merge_plan(con, plan, withdraw_tenants=None if invoice else planned_tenants)
         rows = outbox.read(con, keys=plan["idempotency_key"].to_list())
     states = rows.select("idempotency_key", pl.col("state").alias("outbox_state"), "attempts",

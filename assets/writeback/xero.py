@@ -1,6 +1,8 @@
 """Write-back to Xero: the plan rows that bring Sequence and a Xero organisation into agreement, and the apply
 step that sends them. The business rules are the QuickBooks integration's (../shared/seeds/sequence-quickbooks-
-integration.txt, which the Xero integration mirrors); only the payloads and the transport are Xero's.
+integration.txt, which the Xero integration mirrors) and are written once in plan.py (customers, the later-mapping
+rule, mark paid, import, link, the seed's document and line rules, validation, dependencies); this module says
+them in Xero's words (XeroWords) and keeps what only Xero has: its payloads, item codes, statuses and transport.
 
 Operations (plan rows as plan.py describes them; `counterpart_app` is "xero" on every row, Sequence's included):
   xero customer      create (PUT Contacts: Name, ContactNumber = the Sequence customer id, EmailAddress, the
@@ -41,30 +43,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import yaml
 
 from assets.reconcile.rules import (
     SEQUENCE,
-    expected_invoice_date,
-    expected_tax_code,
     folded_text,
-    line_description,
     settings_frames,
 )
 from assets.writeback.outbox import Outcome
 from assets.writeback.plan import (
-    LATER_MAPPING_FIELDS,
-    PLAN_SCHEMA,
-    WRITE_ACTIONS,
+    AppWords,
     PlanInputs,
     Row,
-    _blocked_by_dependencies,
     _Context,
     _reasons,
+    app_actions,
+    customer_rows,
+    document_actions,
     dumps,
     empty_plan,
-    for_invoice,
-    ref,
+    finished,
+    mark_paid_rows,
+    sequence_documents,
+    sequence_lines,
+    sort_plan,
+    twin_lines,
 )
 from checks.payloads_xero import (
     DOCUMENT_TYPES,
@@ -86,8 +88,6 @@ COLLECTIONS = {"customer": "Contacts", "invoice": "Invoices", "credit_note": "Cr
 DOCUMENTS = {"invoice": ("invoices", "invoice_lines"), "credit_note": ("credit_notes", "credit_note_lines")}
 CREATES = ("create", "create_item")  # PUT; every other Xero write is a POST carrying the record's id
 ITEM_CODE_MAX, ITEM_NAME_MAX = 30, 50
-ORDER = {"create_item": 0, "update_item": 1, "create": 2, "import": 3, "update": 4, "link": 6, "void": 7,
-         "mark_paid": 8}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,6 +99,36 @@ def _text(value: Any) -> str | None:
     return None if value is None or str(value).strip() == "" else str(value).strip()
 
 
+def _contact(r: Mapping[str, Any]) -> dict[str, Any]:
+    address = {"AddressType": "POBOX", "AddressLine1": r["line1"], "AddressLine2": r["line2"], "City": r["city"],
+               "Region": r["region"], "PostalCode": r["postal_code"], "Country": r["country"]}
+    filled = any(address[k] for k in ("AddressLine1", "City", "PostalCode", "Country"))
+    return {"Name": (r["name"] or "").strip(), "EmailAddress": r["email"], "Addresses": [address] if filled else None}
+
+
+class XeroWords(AppWords):
+    """Xero's words for plan.py's general rows (customers, later mapping, mark paid, import, link)."""
+
+    app, label, service, alias_prefix = XERO, "Xero", XERO_SERVICE, ALIAS_PREFIX
+    created_id, linked_id = "the ContactID of the Xero contact", "the Xero ContactID"
+    id_fields = {**ID_FIELDS, "customer": "ContactID"}
+    item_field, item_name_path = "LineItems.ItemCode", "$.Code"
+    active_names_only = True  # Xero's contact names are unique among active contacts
+
+    def customer_create(self, r: Mapping[str, Any]) -> tuple[dict[str, Any], str, str | None, str | None]:
+        # ContactNumber = the Sequence customer id; the currency of its latest document
+        payload = {**_contact(r), "ContactNumber": r["sequence_id"], "DefaultCurrency": r["_currency"]}
+        error = (f"Name: Xero contact {r['_taken']} already has the name '{r['name']}' (names are unique among "
+                 "active contacts): link the two instead" if r["_taken"] else None)
+        return payload, "", error, None
+
+    def customer_update(self, r: Mapping[str, Any]) -> dict[str, Any]:
+        return {"ContactID": r["app_id"], **_contact(r)}
+
+
+XERO_WORDS = XeroWords()
+
+
 def xero_context(inputs: PlanInputs, settings: Mapping[str, Mapping[str, Any]],
                  tenants: Iterable[str] | None = None) -> _Context:
     """plan._Context for the tenants with a Xero connection: their Xero connection's settings, and the
@@ -108,21 +138,8 @@ def xero_context(inputs: PlanInputs, settings: Mapping[str, Mapping[str, Any]],
     extra = pl.DataFrame([(t, _text(settings[t].get("default_account_code"))) for t in chosen],
                          schema={"tenant": pl.String, "default_account_code": pl.String}, orient="row")
     companies = frames.tenants.collect().join(extra, on="tenant", how="left")
-    actions = (inputs.mismatches
-               .filter((pl.col("app") == XERO) & pl.col("proposed_action").is_in(WRITE_ACTIONS)
-                       & pl.col("tenant").is_in(chosen))
-               .group_by("tenant", "entity", "sequence_id", "app_id", "proposed_action", maintain_order=True)
-               .agg(pl.col("field").drop_nulls().unique().sort().alias("fields"),
-                    pl.col("kind").unique().sort().alias("kinds"), pl.col("reason").alias("reasons"))
-               .collect())
-    ctx = _Context(inputs, chosen, frames, companies, actions)
-    ctx.xero_settings = {t: settings[t] for t in chosen}  # type: ignore[attr-defined]  # the items' codes
-    return ctx
-
-
-def _row(tenant: str, app: str, entity: str, operation: str, sequence_id: str | None, app_id: str | None,
-         payload: dict[str, Any], reason: str, **kw: Any) -> Row:
-    return Row(tenant, app, entity, operation, sequence_id, app_id, payload, reason, counterpart_app=XERO, **kw)
+    return _Context(inputs, chosen, frames, companies, app_actions(inputs, XERO, chosen), XERO_WORDS,
+                    app_settings={t: settings[t] for t in chosen})  # the items' codes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -140,19 +157,13 @@ def build_xero_plan(inputs: PlanInputs, settings: Mapping[str, Mapping[str, Any]
     rows: list[Row] = []
     items, mapping = item_rows(ctx)
     rows += items
-    customers, customer_ids = customer_rows(ctx)
+    customers, customer_ids, _currencies = customer_rows(ctx)
     rows += customers
     for entity in DOCUMENTS:
         rows += document_rows(ctx, entity, mapping, customer_ids)
     rows += mark_paid_rows(ctx)
-    records = [r.record() for r in rows]
-    plan = pl.DataFrame(records, schema=PLAN_SCHEMA) if records else empty_plan()
-    plan = validated(plan, reference if reference is not None else xero_reference(ctx))
-    plan = _blocked_by_dependencies(plan)
-    if invoice is not None:
-        plan = for_invoice(plan, invoice)
-    return (plan.with_columns(_o=pl.col("operation").replace_strict(ORDER, default=9, return_dtype=pl.Int64))
-            .sort("tenant", "app", "_o", "entity", "sequence_id", "app_id", nulls_last=True).drop("_o"))
+    reference = reference if reference is not None else xero_reference(ctx)
+    return sort_plan(finished(rows, lambda planned: xero_payload_failures(planned, reference), "Xero ", invoice))
 
 
 def xero_reference(ctx: _Context) -> XeroReference:
@@ -161,20 +172,6 @@ def xero_reference(ctx: _Context) -> XeroReference:
     accounts = (ctx.unified("accounts", XERO).select("tenant", pl.col("code").alias("id"))
                 .filter(pl.col("id").is_not_null()).collect())
     return XeroReference(tax_types=taxes, account_codes=accounts)
-
-
-def validated(plan: pl.DataFrame, reference: XeroReference) -> pl.DataFrame:
-    """Rows whose payload breaks its contract are skipped, the record, field and reason named."""
-    failures = xero_payload_failures(plan.filter(pl.col("state") == "planned"), reference)
-    if failures.height == 0:
-        return plan
-    problems = (failures.group_by("idempotency_key", maintain_order=True)
-                .agg(pl.format("{}: {}", "field", "reason").str.join("; ").alias("_problem")))
-    record = pl.format("{} {}", pl.col("entity").str.replace("_", " "), pl.coalesce("sequence_id", "app_id"))
-    return (plan.join(problems, on="idempotency_key", how="left")
-            .with_columns(state=pl.when(pl.col("_problem").is_not_null()).then(pl.lit("skipped")).otherwise("state"),
-                          error=pl.coalesce("error", pl.format("invalid payload for Xero {}: {}", record, "_problem")))
-            .drop("_problem"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -218,7 +215,7 @@ def item_rows(ctx: _Context) -> tuple[list[Row], pl.DataFrame]:
             error = ("SalesDetails.AccountCode: no account code for the product in the settings and no "
                      "default_account_code")
         seen.add((r["tenant"], code))
-        row = _row(r["tenant"], XERO, "product", "create_item", r["sequence_id"], None,
+        row = ctx.row(r["tenant"], XERO, "product", "create_item", r["sequence_id"], None,
                    {"Code": code, "Name": (r["name"] or "")[:ITEM_NAME_MAX],
                     "SalesDetails": {"AccountCode": account}},
                    f"{_reasons(r['reasons'])} Creates item {code} '{r['name']}' booking to account {account}.",
@@ -229,7 +226,7 @@ def item_rows(ctx: _Context) -> tuple[list[Row], pl.DataFrame]:
     update = (ctx.acting("product", "update_item")
               .join(settings_items.rename({"product_id": "sequence_id"}), on=["tenant", "sequence_id"], how="left"))
     for r in update.sort("tenant", "sequence_id").to_dicts():
-        rows.append(_row(r["tenant"], XERO, "product", "update_item", r["sequence_id"], r["app_id"],
+        rows.append(ctx.row(r["tenant"], XERO, "product", "update_item", r["sequence_id"], r["app_id"],
                          {"ItemID": r["app_id"], "SalesDetails": {"AccountCode": r["account_code"]}},
                          _reasons(r["reasons"]) + f" Books item {r['item_code'] or r['app_id']} to account "
                                                   f"{r['account_code']}."))
@@ -255,94 +252,7 @@ def _settings_items(ctx: _Context) -> pl.DataFrame:
 
 
 def _settings_of(ctx: _Context, tenant: str) -> Mapping[str, Any]:
-    return getattr(ctx, "xero_settings", {}).get(tenant) or {}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Customers
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _contact(r: Mapping[str, Any]) -> dict[str, Any]:
-    address = {"AddressType": "POBOX", "AddressLine1": r["line1"], "AddressLine2": r["line2"], "City": r["city"],
-               "Region": r["region"], "PostalCode": r["postal_code"], "Country": r["country"]}
-    filled = any(address[k] for k in ("AddressLine1", "City", "PostalCode", "Country"))
-    return {"Name": (r["name"] or "").strip(), "EmailAddress": r["email"], "Addresses": [address] if filled else None}
-
-
-def customer_rows(ctx: _Context) -> tuple[list[Row], pl.DataFrame]:
-    """Xero creates (each followed by the Sequence link of its new ContactID), updates, Sequence links of
-    candidates, and imports; and who each Sequence customer is in Xero (tenant, customer_id,
-    expected_customer_id: a ContactID or a $ref)."""
-    seq = ctx.unified("customers", SEQUENCE).collect()
-    contacts = ctx.unified("customers", XERO).collect()
-    rows: list[Row] = []
-    documents = pl.concat([ctx.unified(t, SEQUENCE).filter(pl.col("status") != "DRAFT")
-                           .select("tenant", "customer_id", "currency", "issue_date", "created_at")
-                           for t in ("invoices", "credit_notes")]).collect()
-    latest = (documents.sort("issue_date", "created_at", nulls_last=False)
-              .group_by("tenant", "customer_id").agg(pl.col("currency").last().alias("_currency")))
-    taken = (contacts.filter(pl.col("active").fill_null(True))
-             .select("tenant", folded_text(pl.col("name")).alias("_folded"), pl.col("id").alias("_taken"))
-             .unique(subset=["tenant", "_folded"], keep="first"))
-    create = (ctx.acting("customer", "create_in_app")
-              .join(seq.rename({"id": "sequence_id"}), on=["tenant", "sequence_id"], how="inner")
-              .join(latest.rename({"customer_id": "sequence_id"}), on=["tenant", "sequence_id"], how="left")
-              .with_columns(_folded=folded_text(pl.col("name")))
-              .join(taken, on=["tenant", "_folded"], how="left"))
-    created = []
-    for r in create.sort("tenant", "sequence_id").to_dicts():
-        payload = {**_contact(r), "ContactNumber": r["sequence_id"], "DefaultCurrency": r["_currency"]}
-        error = (f"Name: Xero contact {r['_taken']} already has the name '{r['name']}' (names are unique among "
-                 "active contacts): link the two instead" if r["_taken"] else None)
-        row = _row(r["tenant"], XERO, "customer", "create", r["sequence_id"], None, payload,
-                   _reasons(r["reasons"]), error=error)
-        rows.append(row)
-        created.append((r["tenant"], r["sequence_id"], ref(row.key)))
-        rows.append(_row(r["tenant"], SEQUENCE, "customer", "link", r["sequence_id"], None,
-                         {"customerId": r["sequence_id"], "integrationIds": [{"service": XERO_SERVICE,
-                                                                              "id": ref(row.key)}]},
-                         f"Stores the ContactID of the Xero contact created for '{r['name']}' as its integration id.",
-                         depends_on=[row.key]))
-    update = (ctx.acting("customer", "update_in_app")
-              .join(seq.rename({"id": "sequence_id"}), on=["tenant", "sequence_id"], how="inner"))
-    for r in update.sort("tenant", "sequence_id").to_dicts():
-        rows.append(_row(r["tenant"], XERO, "customer", "update", r["sequence_id"], r["app_id"],
-                         {"ContactID": r["app_id"], **_contact(r)}, _reasons(r["reasons"])))
-    link = ctx.acting("customer", "link").filter(pl.col("sequence_id").is_not_null() & pl.col("app_id").is_not_null())
-    for r in link.sort("tenant", "sequence_id").to_dicts():
-        rows.append(_row(r["tenant"], SEQUENCE, "customer", "link", r["sequence_id"], r["app_id"],
-                         {"customerId": r["sequence_id"], "integrationIds": [{"service": XERO_SERVICE,
-                                                                              "id": r["app_id"]}]},
-                         _reasons(r["reasons"]) + " Stores the Xero ContactID as the customer's integration id."))
-    imports = (ctx.acting("customer", "import_to_sequence")
-               .join(contacts.rename({"id": "app_id"}), on=["tenant", "app_id"], how="inner"))
-    for r in imports.sort("tenant", "app_id").to_dicts():
-        name = (r["name"] or "").strip()
-        payload = {"legalName": name,
-                   "address": {"line1": r["line1"], "line2": r["line2"], "town": r["city"], "state": r["region"],
-                               "postcode": r["postal_code"], "country": r["country"]},
-                   "taxStatus": r["tax_status"] or "TAXED",
-                   "contacts": [{"name": name, "email": r["email"], "billingPreference": "PRIMARY"}],
-                   "customerAliases": [f"{ALIAS_PREFIX}{r['app_id']}"],
-                   "integrationIds": [{"service": XERO_SERVICE, "id": r["app_id"]}]}
-        rows.append(_row(r["tenant"], SEQUENCE, "customer", "import", None, r["app_id"], payload,
-                         _reasons(r["reasons"])))
-    linked = (ctx.inputs.links.filter((pl.col("entity") == "customer") & (pl.col("app") == XERO)
-                                      & pl.col("tenant").is_in(ctx.tenants))
-              .select("tenant", pl.col("sequence_id").alias("customer_id"), pl.col("app_id").alias("_linked"))
-              .unique().collect().filter(pl.len().over("tenant", "customer_id") == 1))
-    proposed = (link.select("tenant", pl.col("sequence_id").alias("customer_id"), pl.col("app_id").alias("_proposed"))
-                .unique(subset=["tenant", "customer_id"], keep="first"))
-    new = pl.DataFrame(created, schema={"tenant": pl.String, "customer_id": pl.String, "_created": pl.String},
-                       orient="row")
-    ids = (seq.select("tenant", pl.col("id").alias("customer_id"))
-           .join(linked, on=["tenant", "customer_id"], how="left")
-           .join(proposed, on=["tenant", "customer_id"], how="left")
-           .join(new, on=["tenant", "customer_id"], how="left")
-           .select("tenant", "customer_id",
-                   pl.coalesce("_linked", "_proposed", "_created").alias("expected_customer_id")))
-    return rows, ids
+    return ctx.app_settings.get(tenant) or {}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -351,37 +261,17 @@ def customer_rows(ctx: _Context) -> tuple[list[Row], pl.DataFrame]:
 
 
 def _expected_lines(ctx: _Context, line_table: str, docs: pl.DataFrame, mapping: pl.DataFrame) -> pl.DataFrame:
-    """The documents' lines as Xero should hold them, with the LineItemID of the twin line (same position)."""
-    customers = ctx.unified("customers", SEQUENCE).select("tenant", pl.col("id").alias("customer_id"),
-                                                         "tax_status").collect()
+    """The documents' lines as Xero should hold them (plan.sequence_lines: the seed's description and tax type;
+    the item's code and account by the mapping), with the LineItemID of the twin line (same position)."""
     contact_codes = ctx.unified("customers", XERO).select(
-        "tenant", pl.col("id").alias("expected_customer_id"), pl.col("default_tax_code").alias("_contact_code")
+        "tenant", pl.col("id").alias("expected_customer_id"), pl.col("default_tax_code").alias("_customer_code")
     ).unique(subset=["tenant", "expected_customer_id"]).collect()
-    heads = docs.select("tenant", pl.col("sequence_id").alias("document_id"), "customer_id", "expected_customer_id",
-                        "linked_id", "fallback_tax_code", "exempt_tax_code", "reverse_charge_tax_code",
-                        "account_default_tax_code", "default_account_code")
-    lines = (ctx.unified(line_table, SEQUENCE).join(heads.lazy(), on=["tenant", "document_id"], how="inner")
-             .collect()
-             .join(customers, on=["tenant", "customer_id"], how="left")
-             .join(contact_codes, on=["tenant", "expected_customer_id"], how="left")
-             .join(ctx.settings.tax_codes.collect().rename({"tax_code": "_mapped_code"}),
-                   on=["tenant", "tax_category_id"], how="left")
-             .join(mapping.rename({"account_code": "_item_account"}), on=["tenant", "product_id"], how="left")
-             .with_columns(
-                 _rank=pl.col("position").rank("ordinal").over("tenant", "document_id").cast(pl.Int64),
-                 account_code=pl.coalesce("_item_account", "default_account_code"),
-                 expected_description=line_description(pl.col("group_title"), pl.col("title"), pl.col("description")),
-                 tax_type=expected_tax_code(pl.col("tax_status"), pl.col("_mapped_code"), pl.col("fallback_tax_code"),
-                                            pl.col("exempt_tax_code"), pl.col("reverse_charge_tax_code"),
-                                            pl.col("account_default_tax_code"), pl.col("_contact_code"),
-                                            pl.lit(False)))
-             .sort("tenant", "document_id", "_rank"))
-    twins = heads.select("tenant", pl.col("linked_id").alias("document_id")).drop_nulls().unique()
-    xero_lines = (ctx.unified(line_table, XERO).join(twins.lazy(), on=["tenant", "document_id"], how="semi")
-                  .select("tenant", pl.col("document_id").alias("linked_id"), pl.col("id").alias("line_id"),
-                          _rank=pl.col("position").rank("ordinal").over("tenant", "document_id").cast(pl.Int64))
-                  .collect())
-    return lines.join(xero_lines, on=["tenant", "linked_id", "_rank"], how="left")
+    lines = sequence_lines(
+        ctx, line_table, docs, contact_codes, heads=("default_account_code",),
+        mapped=lambda lines: lines.join(mapping.rename({"account_code": "_item_account"}),
+                                        on=["tenant", "product_id"], how="left"),
+        columns={"account_code": pl.coalesce("_item_account", "default_account_code")})
+    return lines.join(twin_lines(ctx, line_table, docs), on=["tenant", "linked_id", "_rank"], how="left")
 
 
 def _document_payload(entity: str, doc: Mapping[str, Any], lines: list[dict], *, create: bool,
@@ -401,59 +291,19 @@ def _document_payload(entity: str, doc: Mapping[str, Any], lines: list[dict], *,
     if with_lines:
         payload["LineItems"] = [{
             "LineItemID": None if create else line["line_id"],
-            "Description": line["expected_description"],
+            "Description": line["description"],
             "Quantity": line["quantity"] or Decimal(0),
             "UnitAmount": line["rate"] or Decimal(0),
             "ItemCode": line["item_code"],
             "AccountCode": line["account_code"],
-            "TaxType": line["tax_type"],
+            "TaxType": line["tax_code"],
         } for line in lines]
     return payload
 
 
-def _later_mapping_only(ctx: _Context, entity: str) -> pl.DataFrame:
-    """Synced documents whose every difference is a line on another item than the item a write-back created for
-    its product (plan.LATER_MAPPING_FIELDS: a mapping applies to documents synced after it; Xero documents carry
-    no creation time, so a document Xero already had is taken as synced before). (tenant, sequence_id, app_id,
-    _items: the new items' codes)"""
-    schema = {"tenant": pl.String, "sequence_id": pl.String, "app_id": pl.String, "_items": pl.String}
-    box = ctx.inputs.outbox
-    if box is None or not box.collect_schema().len():
-        return pl.DataFrame(schema=schema)
-    created = (box.filter((pl.col("app") == XERO) & (pl.col("operation") == "create_item")
-                          & (pl.col("state") == "confirmed") & pl.col("app_id").is_not_null()
-                          & pl.col("tenant").is_in(ctx.tenants))
-               .select("tenant", pl.col("app_id").alias("sequence_value"),
-                       pl.col("payload").str.json_path_match("$.Code").alias("_code"))
-               .unique(subset=["tenant", "sequence_value"]).collect())
-    if created.height == 0:
-        return pl.DataFrame(schema=schema)
-    differences = (ctx.inputs.mismatches
-                   .filter((pl.col("app") == XERO) & (pl.col("entity") == entity)
-                           & (pl.col("proposed_action") == "update_in_app") & pl.col("tenant").is_in(ctx.tenants))
-                   .select("tenant", "sequence_id", "app_id", "field", "sequence_value").collect())
-    return (differences.join(created, on=["tenant", "sequence_value"], how="left")
-            .group_by("tenant", "sequence_id", "app_id")
-            .agg((pl.col("field").is_in(list(LATER_MAPPING_FIELDS)) & pl.col("_code").is_not_null()).all()
-                 .alias("_only"), pl.col("_code").drop_nulls().unique().sort().str.join("', '").alias("_items"))
-            .filter(pl.col("_only") & pl.col("sequence_id").is_not_null() & pl.col("app_id").is_not_null())
-            .select(*schema))
-
-
 def document_rows(ctx: _Context, entity: str, mapping: pl.DataFrame, customer_ids: pl.DataFrame) -> list[Row]:
     table, line_table = DOCUMENTS[entity]
-    acting = ctx.actions.filter(pl.col("entity") == entity)
-    rows: list[Row] = []
-    later = _later_mapping_only(ctx, entity)
-    for r in later.sort("tenant", "sequence_id").to_dicts():
-        rows.append(_row(r["tenant"], XERO, entity, "update", r["sequence_id"], r["app_id"],
-                         {ID_FIELDS[entity]: r["app_id"]}, "Its lines are on another item than the product's new item.",
-                         error=(f"LineItems.ItemCode: {entity.replace('_', ' ')} {r['sequence_id']} was synced before "
-                                f"item '{r['_items']}' was created for its product; a mapping applies to documents "
-                                "synced after it, so the synced document keeps its item (re-sync it to move it)")))
-    acting = pl.concat([acting.filter(pl.col("proposed_action") != "update_in_app"),
-                        acting.filter(pl.col("proposed_action") == "update_in_app")
-                        .join(later.select("tenant", "sequence_id"), on=["tenant", "sequence_id"], how="anti")])
+    rows, acting = document_actions(ctx, entity, table)
     id_field = ID_FIELDS[entity]
     held = ctx.unified(table, XERO).select("tenant", pl.col("id").alias("app_id"), "app_status", "gross_total",
                                            "balance").collect()
@@ -470,7 +320,7 @@ def document_rows(ctx: _Context, entity: str, mapping: pl.DataFrame, customer_id
             if status != "AUTHORISED" or paid != 0:
                 error = (f"Status: Xero voids only an AUTHORISED document with nothing paid; this one is {status} "
                          f"with {paid.normalize():f} paid: remove its payments in Xero first")
-        rows.append(_row(r["tenant"], XERO, entity, "void", r["sequence_id"], r["app_id"],
+        rows.append(ctx.row(r["tenant"], XERO, entity, "void", r["sequence_id"], r["app_id"],
                          {id_field: r["app_id"], "Status": wanted}, _reasons(r["reasons"]) + note, error=error))
     wanted = (acting.filter(pl.col("proposed_action").is_in(["create_in_app", "update_in_app"]))
               .select("tenant", "sequence_id", "app_id", "proposed_action", "fields", "reasons"))
@@ -483,14 +333,7 @@ def document_rows(ctx: _Context, entity: str, mapping: pl.DataFrame, customer_id
         acting.filter((pl.col("proposed_action") == "link") & pl.col("app_id").is_not_null())
         .select("tenant", "sequence_id", pl.col("app_id").alias("linked_id"))]).unique(
         subset=["tenant", "sequence_id"], keep="first")
-    docs = (ctx.unified(table, SEQUENCE).rename({"id": "sequence_id"})
-            .join(wanted.select("tenant", "sequence_id").unique().lazy(), on=["tenant", "sequence_id"], how="semi")
-            .collect()
-            .join(links, on=["tenant", "sequence_id"], how="left")
-            .join(customer_ids, on=["tenant", "customer_id"], how="left")
-            .join(ctx.companies, on="tenant", how="left")
-            .with_columns(expected_date=expected_invoice_date(pl.col("invoice_date").fill_null("issue"),
-                                                              pl.col("issue_date"), pl.col("accounting_date"))))
+    docs = sequence_documents(ctx, table, wanted, links, customer_ids)
     if "due_date" not in docs.columns:
         docs = docs.with_columns(due_date=pl.lit(None, pl.Date))
     # Xero refuses any change to a PAID or VOIDED document ("not of valid status for modification")
@@ -514,7 +357,7 @@ def document_rows(ctx: _Context, entity: str, mapping: pl.DataFrame, customer_id
         elif not doc_lines:
             error = "LineItems: the document has no lines in Sequence"
         if doc["proposed_action"] == "create_in_app":
-            rows.append(_row(doc["tenant"], XERO, entity, "create", doc["sequence_id"], None,
+            rows.append(ctx.row(doc["tenant"], XERO, entity, "create", doc["sequence_id"], None,
                              _document_payload(entity, doc, doc_lines, create=True),
                              _reasons(doc["reasons"]) + f" Creates the Xero {DOCUMENT_TYPES[entity]} document.",
                              depends_on=depends, error=error))
@@ -532,27 +375,10 @@ def document_rows(ctx: _Context, entity: str, mapping: pl.DataFrame, customer_id
         if status is not None:
             error = (f"Status: the Xero {entity.replace('_', ' ')} is {status} and Xero refuses any change "
                      "to it: a person decides (remove its payment in Xero, or correct it with a credit note)")
-        rows.append(_row(doc["tenant"], XERO, entity, "update", doc["sequence_id"], target, payload,
+        rows.append(ctx.row(doc["tenant"], XERO, entity, "update", doc["sequence_id"], target, payload,
                          _reasons(doc["reasons"]), depends_on=depends,
                          error=error if error and (lines_differ or status is not None) else None))
     return rows
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sequence: payment status
-# ----------------------------------------------------------------------------------------------------------
-
-
-def mark_paid_rows(ctx: _Context) -> list[Row]:
-    """Paid in Xero: mark paid in Sequence, never for an invoice with a Stripe payment link."""
-    invoices = ctx.unified("invoices", SEQUENCE).select("tenant", pl.col("id").alias("sequence_id"),
-                                                       "stripe_payment_link").collect()
-    paid = ctx.acting("invoice", "mark_paid_in_sequence").join(invoices, on=["tenant", "sequence_id"], how="inner")
-    return [_row(r["tenant"], SEQUENCE, "invoice", "mark_paid", r["sequence_id"], r["app_id"],
-                 {"invoiceId": r["sequence_id"], "paymentStatus": "PAID"}, _reasons(r["reasons"]),
-                 error=("operation: the invoice has a Stripe payment link, so Sequence takes its payment status from "
-                        "Stripe and never from Xero") if r["stripe_payment_link"] else None)
-            for r in paid.sort("tenant", "sequence_id").to_dicts()]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -638,38 +464,25 @@ def record_item_mappings(registry_path: Path, created: Iterable[tuple[str, str, 
     """(tenant, product, ItemID, Code, account code) of confirmed create_items into the tenant's Xero connection
     settings (`items: {product: {item_id, item_code, account_code}}`), rewritten atomically; mappings already
     there are left alone. Returns how many were added."""
-    document = yaml.safe_load(registry_path.read_text()) or {}
-    added = 0
-    for tenant, product, item_id, code, account in sorted(created):
-        connection = (((document.get("tenants") or {}).get(tenant) or {}).get("connections") or {}).get(XERO)
-        if not isinstance(connection, dict):
-            continue
-        settings = connection.get("settings") or {}
-        connection["settings"] = settings
-        items = settings.get("items") or {}
-        settings["items"] = items
-        if (items.get(product) or {}).get("item_id"):
-            continue
-        items[product] = {k: v for k, v in {"item_id": str(item_id), "item_code": code,
-                                            "account_code": account}.items() if v}
-        added += 1
-    if added:
-        tmp = registry_path.with_name(f".{registry_path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(document, sort_keys=False))
-        tmp.replace(registry_path)
-    return added
+    from assets.writeback.apply import add_item_mappings
+
+    return add_item_mappings(registry_path, [
+        (tenant, product, {k: v for k, v in {"item_id": str(item_id), "item_code": code,
+                                             "account_code": account}.items() if v})
+        for tenant, product, item_id, code, account in sorted(created)], app=XERO)
 
 
 def confirmed_items(con: Any) -> list[tuple[str, str, str, str, str | None]]:
     """(tenant, product, ItemID, Code, account code) of every confirmed Xero create_item in the outbox."""
-    import orjson
+    from assets.writeback.apply import created_items
 
-    from assets.writeback.outbox import OUTBOX_TABLE
+    return [(tenant, product, item_id, body.get("Code"), (body.get("SalesDetails") or {}).get("AccountCode"))
+            for tenant, product, item_id, body in created_items(con, XERO)]
 
-    rows = con.execute(f"select tenant, sequence_id, app_id, payload from {OUTBOX_TABLE} where app = 'xero' and "
-                       "operation = 'create_item' and state = 'confirmed' and app_id is not null").fetchall()
-    out = []
-    for tenant, product, item_id, payload in rows:
-        body = orjson.loads(payload)
-        out.append((tenant, product, item_id, body.get("Code"), (body.get("SalesDetails") or {}).get("AccountCode")))
-    return out
+
+def record_items(applier: Applier) -> None:
+    """The items apply created in Xero become the products' mappings in the tenant's Xero connection settings."""
+    if applier.registry_path is not None and Path(applier.registry_path).exists():
+        created = confirmed_items(applier.con)
+        if created:
+            record_item_mappings(Path(applier.registry_path), created)

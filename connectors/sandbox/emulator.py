@@ -7,6 +7,9 @@ An emulator is a WSGI application, so the same object runs behind a real HTTP se
 Control plane (no auth; loopback only), on every emulator:
   GET    /_sandbox/health            app name and tenants
   POST   /_sandbox/faults            arm a fault: {"kind", "times", "path", "method", "status", "retry_after", "delay"}
+                                     (kinds: status, slow (waits before the request is counted), busy (waits
+                                     while it counts as in flight: holds a concurrency slot), reset, truncate,
+                                     expired_token)
   DELETE /_sandbox/faults            disarm all faults
   PUT    /_sandbox/rate-limits       {"enabled": bool, "per_minute": int, "concurrent": int}
   POST   /_sandbox/expire-tokens     every access token issued so far stops working (OAuth apps)
@@ -34,7 +37,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-FAULT_KINDS = ("status", "slow", "reset", "truncate", "expired_token")
+FAULT_KINDS = ("status", "slow", "busy", "reset", "truncate", "expired_token")
 
 
 @dataclass
@@ -173,6 +176,8 @@ class Emulator:
             return self._control(request)(environ, start_response)
         fault = self._take_fault(request)
         tenant = "-"
+        if fault is not None and fault.kind == "busy":
+            environ["sandbox.busy"] = fault.delay  # slept in _dispatch, inside the rate limiter's slot
         try:
             if fault is not None:
                 early = self._apply_fault(fault, environ)
@@ -204,6 +209,8 @@ class Emulator:
             ctx = self.authenticate(request, args)
             tenant = ctx.tenant
             with self._throttle(tenant):
+                if request.environ.get("sandbox.busy"):
+                    time.sleep(request.environ["sandbox.busy"])
                 return getattr(self, endpoint)(request, ctx, **args), tenant
         except EmulatorError as exc:
             return exc.response, tenant

@@ -3,7 +3,8 @@
 Side by side, in one run, from the same two parquet files per size:
   ledgerlink   the reconcile step's diff: `assets.reconcile.mismatches.field_mismatches` (Polars lazy), called as
                the reconciliation calls it; the pairs found once (`linked_rows`, hashed keys checked on the real
-               ones) and the records on one side only as the rows no pair names
+               ones) and the records on one side only as the rows no pair names; the files scanned, the keys first
+               and each compared column when its field is compared (`columnwise`), never both inputs whole
   DuckDB SQL   plain SQL: full outer join on the link, one UNION ALL branch per field, IS DISTINCT FROM on
                normalised values, reading the parquet files directly with all threads
   DuckDB SQL + pre-check   the same, given the shortcut ledgerlink's diff takes (only pairs whose raw values
@@ -27,6 +28,7 @@ Decimal(38, 9) amounts (at most 0.0004, never a rounding tie, so half-even and h
     make bench                                            # 1M and 10M pairs
     python -m tests.bench.bench_reconcile --pairs 10000   # a quick look (seconds)
     python -m tests.bench.bench_reconcile --repeat 3      # best of three per contender
+    python -m tests.bench.bench_reconcile --pairs 10000000 --contenders ledgerlink duckdb pandas --pandas-limit 1500
 """
 
 from __future__ import annotations
@@ -218,21 +220,30 @@ def ledgerlink_specs() -> list:
 
 
 def run_ledgerlink(sequence_path: Path, quickbooks_path: Path) -> pl.DataFrame:
-    """As the reconcile step runs it (assets/reconcile/mismatches.py, assets.py): both sides read into memory and
-    settled, the pairs of reconcile.links found once (`linked_rows`: row numbers into both sides), `field_mismatches`
-    over them, the records in no pair as the rows those numbers leave out (where the first version ran a semi join
-    and two anti joins on string keys), every column of reconcile.mismatches built (reasons included)."""
+    """As the reconcile step runs it (assets/reconcile/mismatches.py, assets.py), from the two files: the pairs of
+    reconcile.links found once (`linked_rows`: row numbers into both sides), `field_mismatches` over them, the
+    records in no pair as the rows those numbers leave out (where the first version ran a semi join and two anti
+    joins on string keys), every column of reconcile.mismatches built (reasons included). The subject naming an
+    invoice in reasons is an expression `field_mismatches` evaluates on the rows that differ (and this on the
+    unpaired ones), as it is meant to be passed: not a column computed for every invoice up front."""
     from assets.reconcile.mismatches import _document_subject, field_mismatches, linked_rows, unpaired
 
-    # the subject naming each invoice in reasons, as the reconciliation settles it ("Invoice INV-00000042")
-    sequence = pl.read_parquet(sequence_path).with_columns(_subject=_document_subject("invoice"))
-    app = pl.read_parquet(quickbooks_path)
+    # the subject naming an invoice in reasons, as the reconciliation words it ("Invoice INV-00000042")
+    subject = _document_subject("invoice")
+    # Both files scanned: the keys (and the number naming an invoice) read first, every compared column when its
+    # field is compared (`columnwise`; projection pushdown decodes each column once), so neither input is ever
+    # held whole, as DuckDB streams them
+    sequence_scan, app_scan = pl.scan_parquet(sequence_path), pl.scan_parquet(quickbooks_path)
+    sequence_keys = sequence_scan.select("tenant", "id", "app_id", "number").collect()
+    app_keys = app_scan.select("tenant", "app", "id").collect()
+    sequence = pl.concat([sequence_keys.lazy(), sequence_scan.drop(sequence_keys.columns)], how="horizontal")
+    app = pl.concat([app_keys.lazy(), app_scan.drop(app_keys.columns)], how="horizontal")
     # reconcile.links for these invoices (what Sequence stores: its linkedServices); a link pairs where the twin exists
-    links = sequence.lazy().filter(pl.col("app_id").is_not_null()).select(
+    links = sequence_keys.lazy().filter(pl.col("app_id").is_not_null()).select(
         "tenant", pl.lit(APP).alias("app"), pl.col("id").alias("sequence_id"), "app_id")
-    rows = linked_rows(links, sequence, app)
-    fields = field_mismatches(sequence.lazy(), app.lazy(), links, ledgerlink_specs(), entity="invoice",
-                              subject=pl.col("_subject"), rows=rows)
+    rows = linked_rows(links, sequence_keys, app_keys)
+    fields = field_mismatches(sequence, app, links, ledgerlink_specs(), entity="invoice", subject=subject, rows=rows,
+                              columnwise=True)
 
     def one_side(frame: pl.DataFrame, kind: str, sequence_id: pl.Expr, app_id: pl.Expr, reason: pl.Expr):
         none = pl.lit(None, pl.String)
@@ -243,10 +254,11 @@ def run_ledgerlink(sequence_path: Path, quickbooks_path: Path) -> pl.DataFrame:
 
     return pl.concat([
         fields,
-        one_side(unpaired(sequence.select("tenant", "id", "_subject"), rows[0]), "missing_in_app", pl.col("id"),
-                 pl.lit(None, pl.String), pl.concat_str([pl.col("_subject"), pl.lit(" is not in QuickBooks.")])),
-        one_side(unpaired(app.select("tenant", "id"), rows[1]), "missing_in_sequence", pl.lit(None, pl.String),
-                 pl.col("id"), pl.concat_str([pl.lit("QuickBooks invoice "), pl.col("id"), pl.lit(" is not in Sequence.")])),
+        one_side(unpaired(sequence_keys.select("tenant", "id", "number"), rows[0]), "missing_in_app", pl.col("id"),
+                 pl.lit(None, pl.String), pl.concat_str([subject, pl.lit(" is not in QuickBooks.")])),
+        one_side(unpaired(app_keys.select("tenant", "id"), rows[1]), "missing_in_sequence", pl.lit(None, pl.String),
+                 pl.col("id"),
+                 pl.concat_str([pl.lit("QuickBooks invoice "), pl.col("id"), pl.lit(" is not in Sequence.")])),
     ], how="vertical").collect()
 
 
@@ -540,7 +552,8 @@ def agreement(work: Path, ran: list[str], expected: dict[str, int]) -> dict[str,
 # ------------------------------------------------------------------------------------------------------ the run
 
 
-def pandas_projection(pairs: int, measured: list[tuple[int, dict]], memory_limit: int) -> str | None:
+def pandas_projection(pairs: int, measured: list[tuple[int, dict]], memory_limit: int,
+                      limit: int = PANDAS_LIMIT_SECONDS) -> str | None:
     """Why pandas would not finish at `pairs`, projected linearly from its largest smaller run of at least 1M
     pairs (smaller runs are mostly fixed costs); None to run it. Up to 1M pairs it always runs."""
     smaller = [(n, run) for n, run in measured if 1_000_000 <= n < pairs and "seconds" in run]
@@ -548,8 +561,8 @@ def pandas_projection(pairs: int, measured: list[tuple[int, dict]], memory_limit
         return None
     n, run = max(smaller, key=lambda item: item[0])
     seconds, peak = run["seconds"] * pairs / n, run["peak_mib"] * 2**20 * pairs / n
-    if seconds > PANDAS_LIMIT_SECONDS:
-        return f"projected {seconds:.0f} s from {n:,} pairs (limit {PANDAS_LIMIT_SECONDS} s)"
+    if seconds > limit:
+        return f"projected {seconds:.0f} s from {n:,} pairs (limit {limit} s)"
     if peak > memory_limit:
         return f"projected peak {peak / 2**30:.1f} GiB from {n:,} pairs (limit {memory_limit / 2**30:.1f} GiB)"
     return None
@@ -601,6 +614,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender and size, interleaved; the "
                         "fastest is reported (the machine may be shared)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pandas-limit", type=int, default=PANDAS_LIMIT_SECONDS,
+                        help="seconds pandas may take at a size before it is stopped (and its projection from a "
+                        "smaller size skips it); a loaded machine may need more")
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=CONTENDERS,
+                        help="which to run (default: all); the targets need ledgerlink, duckdb and pandas")
     parser.add_argument("--out", type=Path, default=Path("data/bench/reconcile.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -627,9 +645,11 @@ def main(argv: list[str] | None = None) -> None:
             work.mkdir()
             print(f"{pairs:,} pairs: generating ...", flush=True)
             generated = measure("generate", work, pairs, args.seed, 3600, memory_limit)
-            reasons = {"ledgerlink": ours_missing(), "pandas": pandas_projection(pairs, pandas_runs, memory_limit)}
+            reasons = {"ledgerlink": ours_missing(),
+                       "pandas": pandas_projection(pairs, pandas_runs, memory_limit, args.pandas_limit),
+                       **{name: "not asked for (--contenders)" for name in CONTENDERS if name not in args.contenders}}
             skipped = {name: reason for name, reason in reasons.items() if reason}
-            timeouts = {name: PANDAS_LIMIT_SECONDS if name == "pandas" else 3600 for name in CONTENDERS}
+            timeouts = {name: args.pandas_limit if name == "pandas" else 3600 for name in CONTENDERS}
             loads: dict[str, dict] = {}
             for name in CONTENDERS:
                 same = next((other for other in loads if LOADS[other] is LOADS[name]), None)

@@ -20,13 +20,14 @@ from dagster import (
 from dagster_dlt import DagsterDltResource
 
 from assets.extract.assets import COMPLETE_SWEEP, RAW_ASSETS, SWEEP_TAG
-from assets.partitions import CONNECTION_PARTITIONS
+from assets.partitions import CONNECTION_PARTITIONS, TENANT_PARTITIONS
 from assets.quality.asset_checks import QUALITY_CHECKS
 from pipelines import runtime
 from pipelines.definitions import defs
 from pipelines.schedules import (
     CHECKS_JOB,
     RECONCILE_JOB,
+    REPORT_JOB,
     SCHEDULES,
     TRIGGER_TAG,
     follow_up,
@@ -48,13 +49,16 @@ def test_each_app_has_an_incremental_and_a_nightly_sweep_schedule_switched_on():
     assert {RECONCILE_JOB.name, CHECKS_JOB.name} <= {j.name for j in REPO.get_all_jobs()}
 
 
-def test_reconcile_job_runs_unified_to_write_back_and_report_without_the_blocking_checks():
+def test_reconcile_job_runs_one_tenant_from_unified_to_write_back_and_the_report_runs_apart():
     job = REPO.get_job(RECONCILE_JOB.name)
     keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
-    assert {"unified/invoices", "reconcile/mismatches", "writeback/apply", "reports/data_quality_report"} <= keys
-    assert not any(k.startswith("raw_") for k in keys)
+    assert {"unified/invoices", "reconcile/mismatches", "writeback/plan", "writeback/apply"} <= keys
+    assert not any(k.startswith("raw_") for k in keys) and "reports/data_quality_report" not in keys
+    assert job.partitions_def == TENANT_PARTITIONS
     check_ops = {c.node_def.name for c in QUALITY_CHECKS}
     assert check_ops and not check_ops & {node.name for node in job.nodes}
+    report = REPO.get_job(REPORT_JOB.name)
+    assert {k.to_user_string() for k in report.asset_layer.selected_asset_keys} == {"reports/data_quality_report"}
 
 
 @pytest.fixture
@@ -62,6 +66,7 @@ def instance():
     with instance_for_test() as inst:  # persistent (a temp dir): schedule contexts need an instance ref
         inst.add_dynamic_partitions(CONNECTION_PARTITIONS["quickbooks"].name, ["acme.quickbooks", "globex.quickbooks"])
         inst.add_dynamic_partitions(CONNECTION_PARTITIONS["sequence"].name, ["acme.sequence"])
+        inst.add_dynamic_partitions(TENANT_PARTITIONS.name, ["acme", "globex"])
         yield inst
 
 
@@ -89,21 +94,45 @@ def add_run(instance, job: str, status: DagsterRunStatus, **tags) -> str:
     return run_id
 
 
-def test_reconciliation_follows_once_every_extraction_has_finished(instance):
+def asked(requests) -> list[tuple[str, str | None]]:
+    return [(r.job_name, r.partition_key) for r in requests]
+
+
+def test_each_tenant_reconciles_once_its_own_extractions_have_finished(instance):
     assert follow_up(instance, None)[0] == []
     add_run(instance, "extract_quickbooks", DagsterRunStatus.SUCCESS, **{"ledgerlink/connection": "acme.quickbooks"})
-    queued = add_run(instance, "extract_quickbooks", DagsterRunStatus.STARTED,
-                     **{"ledgerlink/connection": "globex.quickbooks"})
-    requests, cursor, why = follow_up(instance, None)
-    assert requests == [] and cursor is None and "still queued or running" in why  # waits for the whole round
-    instance.delete_run(queued)  # ... which then fails: one tenant's failure does not hold the others back
-    add_run(instance, "extract_quickbooks", DagsterRunStatus.FAILURE, **{"ledgerlink/connection": "globex.quickbooks"})
-    requests, cursor, _ = follow_up(instance, None)
-    assert [r.job_name for r in requests] == [RECONCILE_JOB.name, CHECKS_JOB.name]
+    add_run(instance, "extract_quickbooks", DagsterRunStatus.SUCCESS, **{"ledgerlink/connection": "globex.quickbooks"})
+    busy = add_run(instance, "extract_sequence", DagsterRunStatus.STARTED, **{"ledgerlink/connection": "acme.sequence"})
+    requests, cursor, why, add = follow_up(instance, None)
+    # acme waits for its Sequence extraction; globex does not wait for acme
+    assert asked(requests) == [(RECONCILE_JOB.name, "globex")] and add == [] and "acme: extraction still" in why
+    assert requests[0].tags["ledgerlink/after"] == "globex.quickbooks"
+    assert follow_up(instance, cursor)[0] == []  # nothing new for globex; acme still busy
+    instance.delete_run(busy)  # ... which then fails: acme's QuickBooks sync is still worth reconciling
+    add_run(instance, "extract_sequence", DagsterRunStatus.FAILURE, **{"ledgerlink/connection": "acme.sequence"})
+    requests, cursor, _, _ = follow_up(instance, cursor)
+    assert asked(requests) == [(RECONCILE_JOB.name, "acme")]
     assert "acme.quickbooks" in requests[0].tags["ledgerlink/after"]
     assert follow_up(instance, cursor)[0] == []  # nothing new since: no second reconciliation
-    add_run(instance, "reconcile_and_write_back", DagsterRunStatus.SUCCESS)
-    assert follow_up(instance, cursor)[0] == []  # a reconciliation is not an extraction
+    # the two reconciliations run (one fails: a tenant's failure is its own) -> then the report and the checks
+    run = add_run(instance, RECONCILE_JOB.name, DagsterRunStatus.STARTED, **{"dagster/partition": "acme"})
+    assert follow_up(instance, cursor)[0] == []  # the report waits for every reconciliation in progress
+    instance.delete_run(run)
+    add_run(instance, RECONCILE_JOB.name, DagsterRunStatus.FAILURE, **{"dagster/partition": "acme"})
+    add_run(instance, RECONCILE_JOB.name, DagsterRunStatus.SUCCESS, **{"dagster/partition": "globex"})
+    requests, cursor, _, _ = follow_up(instance, cursor)
+    assert asked(requests) == [(REPORT_JOB.name, None), (CHECKS_JOB.name, None)]
+    assert requests[0].tags["ledgerlink/after"] == "acme,globex"
+    assert follow_up(instance, cursor)[0] == []  # a report is not a reconciliation
+    # a new tenant's first sync: its partition is asked for with its run (the registry sensor may be behind)
+    add_run(instance, "extract_xero", DagsterRunStatus.SUCCESS, **{"ledgerlink/connection": "initech.xero"})
+    requests, cursor, _, add = follow_up(instance, cursor)
+    assert asked(requests) == [(RECONCILE_JOB.name, "initech")] and add == ["initech"]
+    assert follow_up(instance, "2020-01-01T00:00:00+00:00")[0]  # an older cursor (one instant) still reads
+    # the run history keeps whole seconds: a sync finishing in the second of the last one is not missed
+    add_run(instance, "extract_xero", DagsterRunStatus.SUCCESS, **{"ledgerlink/connection": "initech.xero"})
+    requests, cursor, _, _ = follow_up(instance, cursor)
+    assert asked(requests) == [(RECONCILE_JOB.name, "initech")] and follow_up(instance, cursor)[0] == []
 
 
 def test_the_dagster_home_written_for_dev_limits_the_warehouse_pool_to_one(tmp_path, monkeypatch):

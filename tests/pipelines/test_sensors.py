@@ -1,7 +1,8 @@
 """The sensors with the real definitions, in-process: the registry sensor's partition requests, and the
 near-real-time loop end to end over the emulators: a QuickBooks invoice changed through the emulator's API ->
-`connection_changes` asks for that one connection's extraction -> the run -> `reconcile_after_sync` asks for the
-reconciliation -> reconcile.mismatches shows the change -> the write-back puts QuickBooks right again."""
+`connection_changes` asks for that one connection's extraction -> the run -> `reconcile_after_sync` asks for that
+tenant's reconciliation (its `tenants` partition) -> reconcile.mismatches shows the change -> the write-back puts
+QuickBooks right again -> the sensor then asks for the report and the checks."""
 
 import os
 from datetime import date, timedelta
@@ -11,12 +12,11 @@ import orjson
 import pytest
 from dagster import DagsterRunStatus, RunsFilter, build_sensor_context, instance_for_test
 
-from assets.partitions import CONNECTION_PARTITIONS
+from assets.partitions import CONNECTION_PARTITIONS, TENANT_PARTITIONS
 from assets.reconcile.assets import RECONCILE_ASSETS
 from connectors.sandbox.demo_data import generate
 from assets.resources import Ledgerlink
 from assets.unified.assets import UNIFIED_ASSETS
-from assets.writeback.assets import WRITEBACK_ASSETS
 from pipelines.definitions import defs
 from pipelines.schedules import RECONCILE_JOB, TRIGGER_TAG, reconcile_after_sync
 from pipelines.sensors import PROBED_APPS, connection_changes, partition_requests
@@ -29,6 +29,10 @@ def test_partition_requests_add_and_delete_to_match_the_registry():
     assert [(type(r).__name__, r.partitions_def_name, list(r.partition_keys)) for r in requests] == [
         ("AddDynamicPartitionsRequest", "xero_connections", ["a.xero"]),
         ("DeleteDynamicPartitionsRequest", "xero_connections", ["c.xero"])]
+    # the tenant partitions follow the registry's tenants the same way
+    requests = partition_requests({}, {}, {"a", "b"}, {"b", "gone"})
+    assert [(type(r).__name__, r.partitions_def_name, list(r.partition_keys)) for r in requests] == [
+        ("AddDynamicPartitionsRequest", "tenants", ["a"]), ("DeleteDynamicPartitionsRequest", "tenants", ["gone"])]
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +57,11 @@ def world(extraction):
         with instance_for_test() as instance:
             for app, partitions in CONNECTION_PARTITIONS.items():
                 instance.add_dynamic_partitions(partitions.name, extraction.registry.keys(app))
+            instance.add_dynamic_partitions(TENANT_PARTITIONS.name, extraction.registry.tenants)
             for app in ("sequence", "quickbooks"):
                 assert execute(instance, f"extract_{app}", partition_key=f"{tenant}.{app}").success
             # the baseline needs the links only: no write-back (nothing to write) nor report, to keep this fast
-            assert execute(instance, RECONCILE_JOB.name, asset_selection=[
+            assert execute(instance, RECONCILE_JOB.name, partition_key=tenant, asset_selection=[
                 key for assets_def in (*UNIFIED_ASSETS, *RECONCILE_ASSETS) for key in assets_def.keys]).success
             yield extraction, instance
     finally:
@@ -117,19 +122,23 @@ def test_a_change_in_one_app_runs_only_its_partition_then_reconciles_and_writes_
     assert execute(instance, requests[0].job_name, partition_key=key, tags=requests[0].tags).success
 
     requests, follow_cursor = follow_tick(instance, follow_cursor)
-    assert [r.job_name for r in requests] == [RECONCILE_JOB.name, "quality_checks"]
+    # that tenant's reconciliation only, in its partition
+    assert [(r.job_name, r.partition_key) for r in requests] == [(RECONCILE_JOB.name, tenant)]
     assert key in requests[0].tags["ledgerlink/after"]
-    # the job as the daemon would run it, less the report (slow to render, tested in tests/assets/reports)
-    no_report = [key for assets_def in (*UNIFIED_ASSETS, *RECONCILE_ASSETS, *WRITEBACK_ASSETS)
-                 for key in assets_def.keys]
-    assert execute(instance, RECONCILE_JOB.name, tags=requests[0].tags, asset_selection=no_report).success
+    # the job as the daemon would run it
+    assert execute(instance, RECONCILE_JOB.name, partition_key=tenant, tags=requests[0].tags).success
     assert query(world, "select field, app_value from reconcile.mismatches where tenant = ? and app = 'quickbooks' "
                         "and app_id = ?", [tenant, invoice_id]) == [("due_date", moved)]
     with world.resource.client(world.registry.get(key)) as client:  # the write-back put QuickBooks right
         assert client.read("Invoice", invoice_id)["DueDate"] == before["DueDate"]
+    # once it has finished: the report and the checks (not run here: tested in tests/assets), then nothing
+    requests, follow_cursor = follow_tick(instance, follow_cursor)
+    assert [r.job_name for r in requests] == ["data_quality_report", "quality_checks"]
     assert follow_tick(instance, follow_cursor)[0] == []  # one reconciliation per round
 
     # the write-back's own write is a change too: the next tick extracts that connection again, and only it
-    assert [r.partition_key for r in changes_tick(instance, cursor)[0]] == [key]
+    # (CRM write-back may have written the tenant's CRM too: that connection is extracted as well, no other tenant's)
+    again = [r.partition_key for r in changes_tick(instance, cursor)[0]]
+    assert key in again and {k.rsplit(".", 1)[0] for k in again} == {tenant}
     runs = instance.get_runs(RunsFilter(tags={TRIGGER_TAG: "change"}, statuses=[DagsterRunStatus.SUCCESS]))
     assert {r.tags["ledgerlink/connection"] for r in runs} == {key}

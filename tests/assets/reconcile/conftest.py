@@ -178,13 +178,13 @@ def reconciled(extraction) -> dict[str, Any]:
     """Extract, unify and reconcile the `extraction` fixture's company through real Dagster materializations:
     the reconcile run's result and the reconcile tables as frames."""
     import duckdb
-    from dagster import materialize
+    from assets.partitions import materialize_tenants
 
     from assets.reconcile.assets import RECONCILE_ASSETS
 
     extraction.extract_all()
     assert extraction.run_unified().success
-    result = materialize(RECONCILE_ASSETS, instance=extraction.instance, resources={"ledgerlink": extraction.resource})
+    result = materialize_tenants(RECONCILE_ASSETS, instance=extraction.instance, resources={"ledgerlink": extraction.resource})
     assert result.success
     with duckdb.connect(str(extraction.warehouse), read_only=True) as con:
         tables = {table: con.sql(f"select * from reconcile.{table}").pl()

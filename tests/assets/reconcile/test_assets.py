@@ -3,7 +3,9 @@ unified tables yet (or without a write-back outbox) writes empty tables instead 
 
 import duckdb
 import yaml
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance
+
+from assets.partitions import materialize_tenants
 
 from assets.reconcile.assets import LINKS_KEY, MISMATCHES_KEY, RECONCILE_ASSETS
 from assets.resources import Ledgerlink
@@ -30,7 +32,8 @@ def test_a_warehouse_without_unified_tables_reconciles_to_empty_tables(tmp_path)
     resource = Ledgerlink(registry_path=str(registry), warehouse_path=str(tmp_path / "wh.duckdb"),
                           state_dir=str(tmp_path / "state"))
     duckdb.connect(str(tmp_path / "wh.duckdb")).close()
-    result = materialize(RECONCILE_ASSETS, instance=DagsterInstance.ephemeral(), resources={"ledgerlink": resource})
+    result = materialize_tenants(RECONCILE_ASSETS, instance=DagsterInstance.ephemeral(),
+                                 resources={"ledgerlink": resource})
     assert result.success
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
         assert con.sql("select count(*) from reconcile.links").fetchall() == [(0,)]

@@ -245,7 +245,7 @@ def fixture_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def crm_run(extraction):
-    from dagster import materialize
+    from assets.partitions import materialize_tenants
 
     from assets.reconcile.assets import RECONCILE_ASSETS
 
@@ -262,7 +262,7 @@ def crm_run(extraction):
         if key.rsplit(".", 1)[1] in ("sequence", *CRMS):
             assert extraction.run(key).success, key
     assert extraction.run_unified().success
-    result = materialize(RECONCILE_ASSETS, instance=extraction.instance, resources={"ledgerlink": extraction.resource})
+    result = materialize_tenants(RECONCILE_ASSETS, instance=extraction.instance, resources={"ledgerlink": extraction.resource})
     assert result.success
     with duckdb.connect(str(extraction.warehouse), read_only=True) as con:
         mismatches = con.sql("select * from reconcile.mismatches").pl().filter(pl.col("app").is_in(CRMS))

@@ -163,6 +163,41 @@ def test_a_key_naming_two_records_is_refused():
         mismatches.linked_rows(links.lazy(), seq, twice)
 
 
+def test_columnwise_reads_give_the_same_rows_from_frames_and_from_file_scans(tmp_path):
+    # every kind of read: a plain column, a computed value, a condition and a note, amounts with their currency,
+    # other reported ids; columnwise reads each spec's columns when it runs, so it must find the very same rows
+    specs = [FieldSpec("memo", "memo", "memo", "memo"),
+             FieldSpec("email", "email", "email", "email", compare="text_ci"),
+             FieldSpec("total", "total", "total", "total", compare="money"),
+             FieldSpec("customer", "customer", pl.col("expected").str.to_uppercase(), pl.col("customer_id"),
+                       compare="code", when=pl.col("expected").is_not_null(), note=pl.lit(" (as linked)"))]
+    seq = pl.DataFrame({"tenant": "t1", "app": SEQ, "id": ["s0", "s1", "s2", "s3"], "doc": ["D0", "D1", "D2", "D3"],
+                        "memo": ["a  b", "x", None, "same"], "email": ["A@x.io", "b@x.io", " c@x.io", None],
+                        "currency": ["GBP", "JPY", "GBP", "EUR"], "total": ["1.004", "1200.4", "2.00", "3.10"],
+                        "expected": ["c1", None, "c3", "c4"]}).with_columns(pl.col("total").cast(MONEY))
+    app = pl.DataFrame({"tenant": "t1", "app": QBO, "id": ["a3", "a2", "a1", "a0"], "doc": ["Q3", "Q2", "Q1", "Q0"],
+                        "memo": ["same", "z", "y", "a b"], "email": [None, "c@x.io", "B@X.IO", "a@x.io"],
+                        "currency": ["EUR", "GBP", "JPY", "GBP"], "total": ["3.11", "2.01", "1201", "1.00"],
+                        "customer_id": ["C4", "C9", "C2", "C1"]}).with_columns(pl.col("total").cast(MONEY))
+    links = pl.DataFrame({"tenant": "t1", "app": QBO, "sequence_id": ["s0", "s1", "s2", "s3"],
+                          "app_id": ["a0", "a1", "a2", "a3"]})
+    seq.write_parquet(tmp_path / "seq.parquet")
+    app.write_parquet(tmp_path / "app.parquet")
+    kwargs = {"entity": "invoice", "subject": pl.concat_str([pl.lit("Invoice "), pl.col("doc")]),
+              "sequence_ref": "doc", "app_ref": "doc"}
+    whole = field_mismatches(seq.lazy(), app.lazy(), links.lazy(), specs, **kwargs).collect()
+    assert whole.select("sequence_id", "field", "sequence_value", "app_value").sort("sequence_id", "field").rows() == [
+        ("D1", "memo", "x", "y"), ("D1", "total", "1200", "1201"), ("D2", "customer", "C3", "C9"),
+        ("D2", "memo", None, "z"), ("D2", "total", "2.00", "2.01"), ("D3", "total", "3.10", "3.11")]
+    assert whole.filter(field="customer")["reason"][0] == \
+        "Invoice D2: customer is C3 in Sequence but C9 in QuickBooks (as linked)."
+    for inputs in ((seq.lazy(), app.lazy()), (pl.scan_parquet(tmp_path / "seq.parquet"),
+                                               pl.scan_parquet(tmp_path / "app.parquet"))):
+        columnwise = field_mismatches(*inputs, links.lazy(), specs, columnwise=True, **kwargs).collect()
+        assert columnwise.schema == whole.schema
+        assert columnwise.sort(pl.all()).equals(whole.sort(pl.all()))
+
+
 def test_the_fast_whitespace_rule_is_clean_text():
     from assets.reconcile.mismatches import _clean_text
     from assets.reconcile.rules import clean_text

@@ -55,6 +55,17 @@ def test_series_per_reason_sum_the_apps_and_series_per_app_sum_the_reasons():
     assert series(trend_series(HISTORY, "app")) == {"quickbooks": [14, 13, 9, 11, 12], "xero": [1, 3, 3, 3, 1]}
 
 
+def test_the_all_tenant_series_carries_each_tenant_s_last_counts_to_runs_it_was_not_in():
+    # acme runs at 08:00 each day, globex one hour later: each point is the sum of both tenants' latest counts
+    staggered = pl.concat([
+        history([("acme", "quickbooks", "field_differs", [5, 3])]),
+        history([("globex", "quickbooks", "field_differs", [10, 20])]).with_columns(
+            pl.col("at") + timedelta(hours=1)),
+    ])
+    trend = trend_series(staggered, "app").sort("at")
+    assert trend["count"].to_list() == [5, 15, 13, 23]  # not 5, 10, 3, 20
+
+
 def test_many_runs_are_thinned_to_each_days_last_run():
     frequent = history([("acme", "xero", "field_differs", list(range(96)))], step=timedelta(hours=1))
     thinned = trend_series(frequent, "kind", max_runs=60)

@@ -13,7 +13,7 @@ import httpx
 import orjson
 import polars as pl
 import pytest
-from dagster import materialize
+from assets.partitions import materialize_tenants
 
 from assets.reconcile.assets import RECONCILE_ASSETS
 from assets.writeback import outbox
@@ -69,7 +69,7 @@ def run(extraction):
     ext, box, warehouse = extraction, extraction.box, extraction.warehouse
     ext.extract_all()
     assert ext.run_unified().success
-    assert materialize(RECONCILE_ASSETS, instance=ext.instance, resources={"ledgerlink": ext.resource}).success
+    assert materialize_tenants(RECONCILE_ASSETS, instance=ext.instance, resources={"ledgerlink": ext.resource}).success
     registry = ext.resource.registry()
     plan_writes(warehouse, registry)
     planned = rows(warehouse, "state = 'planned'")

@@ -3,106 +3,27 @@ seeded random points (the emulators slowed down so that there are many points to
 run ends by itself; one more run must then send nothing. The emulators' own write logs are the proof: every planned
 write done once, none twice, none lost."""
 
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 
-import duckdb
-import httpx
 import polars as pl
 import pytest
-from dagster import materialize
 
-from assets.reconcile.assets import RECONCILE_ASSETS
-from assets.writeback.assets import plan_writes
+from tests.assets.writeback._sigkill import FirstRequest, kill_until_done, prepare
 
 SEED = 20250701
 # 13-14 kills land in practice; the floor keeps a wide margin so a faster machine cannot make this flaky
 MIN_KILLS = 6
 MAX_DELAY = 0.3  # seconds after the process's first request; each killed run gets a little further
 SLOW = 0.08  # seconds per emulator request while the kills happen
-
-
-def writes(box, app: str) -> list[dict]:
-    return httpx.get(f"{box.urls[app]}/_sandbox/writes").json()
-
-
-def requests(box) -> int:
-    return sum(len(httpx.get(f"{box.urls[app]}/_sandbox/requests").json()) for app in ("quickbooks", "sequence"))
-
-
-def fault(box, app: str, **body) -> None:
-    httpx.post(f"{box.urls[app]}/_sandbox/faults", json=body).raise_for_status()
-
-
-def clear_faults(box, app: str) -> None:
-    httpx.delete(f"{box.urls[app]}/_sandbox/faults").raise_for_status()
-
-
-def outbox(warehouse) -> pl.DataFrame:
-    with duckdb.connect(str(warehouse), read_only=True) as con:
-        return con.sql("select * from writeback.outbox").pl()
+APPS = ("quickbooks", "sequence")
 
 
 @pytest.fixture(scope="module")
 def killed(extraction):
-    ext, box, warehouse = extraction, extraction.box, extraction.warehouse
-    ext.extract_all()
-    assert ext.run_unified().success
-    assert materialize(RECONCILE_ASSETS, instance=ext.instance, resources={"ledgerlink": ext.resource}).success
-    plan_writes(warehouse, ext.resource.registry())
-    planned = outbox(warehouse)
+    planned = prepare(extraction)
     assert planned.filter(pl.col("state") == "planned").height > 30, "the plan should hold the writes to kill"
-
-    env = {**os.environ, **box.environment(), "LEDGERLINK_REGISTRY": ext.resource.registry_path,
-           "LEDGERLINK_WAREHOUSE": ext.resource.warehouse_path, "LEDGERLINK_STATE_DIR": ext.resource.state_dir}
-    command = [sys.executable, "-m", "pipelines.cli", "apply", "--write"]
-
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    for app in ("quickbooks", "sequence"):
-        fault(box, app, kind="slow", delay=SLOW, times=-1)
-    rng = random.Random(SEED)
-    runs: list[dict] = []
-    finished = None
-    while finished is None:
-        assert len(runs) < 60, runs
-        before = requests(box)
-        proc = start()
-        began = time.monotonic()
-        # the process needs seconds to import before it sends anything: the clock starts at its first request
-        while proc.poll() is None and requests(box) == before:
-            time.sleep(0.01)
-        sending = time.monotonic()
-        delay = rng.uniform(0.05, MAX_DELAY)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            proc.stdout.close()
-            runs.append({"killed": True, "delay": delay, "writes": len(writes(box, "quickbooks"))
-                         + len(writes(box, "sequence"))})
-            continue
-        out, _ = proc.communicate(timeout=120)
-        runs.append({"killed": False, "returncode": proc.returncode, "out": out,
-                     "elapsed": time.monotonic() - began, "sending": time.monotonic() - sending})
-        if proc.returncode != 0:
-            raise AssertionError(f"apply ended by itself with {proc.returncode}:\n{out}")
-        finished = runs[-1]
-    for app in ("quickbooks", "sequence"):
-        clear_faults(box, app)
-    logs = {app: writes(box, app) for app in ("quickbooks", "sequence")}
-    final = outbox(warehouse)
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    after = {app: writes(box, app) for app in ("quickbooks", "sequence")}
-    return {"ext": ext, "planned": planned, "runs": runs, "logs": logs, "outbox": final, "again": again,
-            "after": after}
+    return kill_until_done(extraction, planned, trigger=FirstRequest(extraction.box, APPS), delay=(0.05, MAX_DELAY),
+                           slow={app: {"delay": SLOW} for app in APPS}, seed=SEED, logged=APPS)
 
 
 def test_sigkill_at_random_points_many_times(killed):

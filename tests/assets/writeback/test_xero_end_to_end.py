@@ -11,7 +11,7 @@ import duckdb
 import httpx
 import polars as pl
 import pytest
-from dagster import materialize
+from assets.partitions import materialize_tenants
 
 from assets.reconcile.assets import RECONCILE_ASSETS
 from assets.writeback import outbox
@@ -39,8 +39,8 @@ def reconcile(extraction, *, apps: tuple[str, ...] | None = None) -> pl.DataFram
         if apps is None or key.rsplit(".", 1)[1] in apps:
             assert extraction.run(key).success, key
     assert extraction.run_unified().success
-    assert materialize(RECONCILE_ASSETS, instance=extraction.instance,
-                       resources={"ledgerlink": extraction.resource}).success
+    assert materialize_tenants(RECONCILE_ASSETS, instance=extraction.instance,
+                               resources={"ledgerlink": extraction.resource}).success
     with duckdb.connect(str(extraction.warehouse), read_only=True) as con:
         return con.sql("select * from reconcile.mismatches").pl()
 
