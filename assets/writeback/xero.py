@@ -76,7 +76,7 @@ from checks.payloads_xero import (
     XeroReference,
     xero_payload_failures,
 )
-from connectors.errors import AppError
+from connectors.errors import AppError, RateLimited
 from connectors.xero import MAX_ELEMENTS, ElementResult, XeroClient
 
 if TYPE_CHECKING:
@@ -405,17 +405,30 @@ def send_xero(applier: Applier, rows: list[_Row], *, max_elements: int = MAX_ELE
             earlier.setdefault(row.request_id, []).append(row)
         else:
             fresh.setdefault((row.tenant, COLLECTIONS[row.entity], _method(row)), []).append(row)
+    # An organisation that answered with its daily limit takes nothing more today: its later requests are not
+    # sent (their rows stay planned for the next apply) instead of each meeting its own 429.
+    spent: set[str] = set()
+
+    def send(members: list[_Row], key: str) -> None:
+        if members[0].tenant in spent:
+            applier.echo(f"[apply] {len(members)} Xero writes of {members[0].tenant} wait for the next apply: "
+                         "the organisation's daily API limit is spent")
+            return
+        error = _request(applier, members, key)
+        if isinstance(error, RateLimited) and not error.retriable:
+            spent.add(members[0].tenant)
+
     for key, members in earlier.items():
         members.sort(key=lambda m: int(m.batch_item.removeprefix("e")))
-        _request(applier, members, key)
+        send(members, key)
     size = max(1, min(max_elements, MAX_ELEMENTS))
     for _group, members in sorted(fresh.items()):
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
-            _request(applier, chunk, request_key(r.fresh_request_id() for r in chunk))
+            send(chunk, request_key(r.fresh_request_id() for r in chunk))
 
 
-def _request(applier: Applier, rows: list[_Row], key: str) -> None:
+def _request(applier: Applier, rows: list[_Row], key: str) -> AppError | None:
     client = applier.clients.get(rows[0].tenant, XERO)
     assert isinstance(client, XeroClient)
     collection, method = COLLECTIONS[rows[0].entity], _method(rows[0])
@@ -429,8 +442,9 @@ def _request(applier: Applier, rows: list[_Row], key: str) -> None:
             results = client.upsert_many(collection, elements, idempotency_key=key)
     except AppError as exc:
         applier._finish([applier._failure(r, exc) for r in rows])
-        return
+        return exc
     applier._finish([_outcome(client, row, result) for row, result in zip(rows, results, strict=True)])
+    return None
 
 
 def _outcome(client: XeroClient, row: _Row, result: ElementResult) -> Outcome:
