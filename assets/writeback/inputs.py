@@ -4,7 +4,7 @@ company's currency preferences, customers' default tax codes) from raw_quickbook
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import duckdb
@@ -25,12 +25,12 @@ PLAN_TABLES = ("customers", "invoices", "invoice_lines", "credit_notes", "credit
                "accounts", "tax_codes", "companies", "contacts")  # the unified tables the plan reads
 
 
-def read_unified(con: duckdb.DuckDBPyConnection) -> dict[str, pl.LazyFrame]:
-    """The unified tables the plan reads, each with exactly its contract's columns and types (as reconciliation
-    conforms them: an absent table has no rows, an absent column is nulls)."""
+def read_unified(con: duckdb.DuckDBPyConnection, tenants: list[str] | None = None) -> dict[str, pl.LazyFrame]:
+    """The unified tables the plan reads (of some tenants, or all), each with exactly its contract's columns and
+    types (as reconciliation conforms them: an absent table has no rows, an absent column is nulls)."""
     frames = {}
     for table in PLAN_TABLES:
-        frame = read_table(con, f"unified.{table}")
+        frame = read_table(con, f"unified.{table}", tenants=tenants)
         if frame.width == 0:
             frames[table] = empty(table).lazy()
             continue
@@ -51,35 +51,37 @@ def _columns(con: duckdb.DuckDBPyConnection, qualified: str) -> set[str]:
 
 
 def _select(con: duckdb.DuckDBPyConnection, qualified: str, columns: Mapping[str, str],
-            schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
-    """`select <raw column> as <name>, ...` when the table has every raw column; no rows otherwise. Rows dlt
-    marked deleted are left out."""
+            schema: Mapping[str, pl.DataType], tenants: list[str] | None = None) -> pl.LazyFrame:
+    """`select <raw column> as <name>, ...` (of some tenants, or all) when the table has every raw column; no rows
+    otherwise. Rows dlt marked deleted are left out."""
     if not table_exists(con, qualified) or not set(columns.values()) <= _columns(con, qualified):
         return pl.LazyFrame(schema=dict(schema))
-    where = " where _deleted is not true" if "_deleted" in _columns(con, qualified) else ""
+    where = " where _deleted is not true" if "_deleted" in _columns(con, qualified) else " where true"
+    if tenants is not None:
+        where += " and tenant in (select unnest(?))"
     sql = f"select {', '.join(f'{raw} as {name}' for name, raw in columns.items())} from {qualified}{where}"
-    return con.sql(sql).pl().lazy().cast(dict(schema))
+    return con.sql(sql, params=None if tenants is None else [tenants]).pl().lazy().cast(dict(schema))
 
 
-def read_quickbooks_state(con: duckdb.DuckDBPyConnection) -> QuickBooksState:
+def read_quickbooks_state(con: duckdb.DuckDBPyConnection, tenants: list[str] | None = None) -> QuickBooksState:
     empty = QuickBooksState.empty()
     versions = [
         _select(con, f"raw_quickbooks.{table}", {"tenant": "tenant", "id": "id", "sync_token": "sync_token"},
-                {"tenant": pl.String, "id": pl.String, "sync_token": pl.String})
+                {"tenant": pl.String, "id": pl.String, "sync_token": pl.String}, tenants)
         .with_columns(entity=pl.lit(entity)).select("tenant", "entity", "id", "sync_token")
         for table, entity in VERSIONED.items()]
     rates = _select(con, "raw_quickbooks.exchangerate",
                     {"tenant": "tenant", "currency": "source_currency_code", "home_currency": "target_currency_code",
                      "rate": "rate", "as_of": "as_of_date"},
                     {"tenant": pl.String, "currency": pl.String, "home_currency": pl.String,
-                     "rate": pl.Decimal(38, 9), "as_of": pl.String})
+                     "rate": pl.Decimal(38, 9), "as_of": pl.String}, tenants)
     companies = _select(con, "raw_quickbooks.preferences",
                         {"tenant": "tenant", "home_currency": "currency_prefs__home_currency__value",
                          "multi_currency": "currency_prefs__multi_currency_enabled"},
-                        {"tenant": pl.String, "home_currency": pl.String, "multi_currency": pl.Boolean})
+                        {"tenant": pl.String, "home_currency": pl.String, "multi_currency": pl.Boolean}, tenants)
     tax_codes = _select(con, "raw_quickbooks.customer",
                         {"tenant": "tenant", "id": "id", "default_tax_code": "default_tax_code_ref__value"},
-                        {"tenant": pl.String, "id": pl.String, "default_tax_code": pl.String})
+                        {"tenant": pl.String, "id": pl.String, "default_tax_code": pl.String}, tenants)
     return QuickBooksState(
         versions=pl.concat(versions, how="vertical").unique(subset=["tenant", "entity", "id"], keep="last"),
         exchange_rates=rates.with_columns(pl.col("as_of").str.to_date(strict=False)).cast(
@@ -93,19 +95,23 @@ def app_settings(registry: Registry) -> dict[str, Mapping[str, Any]]:
     return {c.tenant: dict(c.settings) for c in registry.for_app(QUICKBOOKS)}
 
 
-def read_inputs(con: duckdb.DuckDBPyConnection, registry: Registry) -> PlanInputs:
+def read_inputs(con: duckdb.DuckDBPyConnection, registry: Registry, *,
+                tenants: Iterable[str] | None = None) -> PlanInputs:
+    """What the plan reads, of some tenants (a tenant's write-back run reads only its own rows) or all."""
+    chosen = None if tenants is None else list(tenants)
+
     def table(name: str, schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
         if not table_exists(con, name):
             return pl.LazyFrame(schema=dict(schema))
-        return con.sql(f"select * from {name}").pl().lazy().select(list(schema)).cast(dict(schema))
+        return read_table(con, name, tenants=chosen).lazy().select(list(schema)).cast(dict(schema))
 
     return PlanInputs(
-        unified=read_unified(con),
+        unified=read_unified(con, chosen),
         links=table(LINKS_TABLE, LINKS_SCHEMA),
         mismatches=table(MISMATCHES_TABLE, MISMATCH_SCHEMA),
         settings=app_settings(registry),
-        quickbooks=read_quickbooks_state(con),
-        outbox=outbox.read(con).lazy(),
+        quickbooks=read_quickbooks_state(con, chosen),
+        outbox=outbox.read(con, tenants=chosen).lazy(),
         xero_settings={c.tenant: dict(c.settings) for c in registry.for_app("xero")},
         crm_settings={app: {c.tenant: dict(c.settings) for c in registry.for_app(app)}
                       for app in ("hubspot", "salesforce", "attio") if registry.for_app(app)},

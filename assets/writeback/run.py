@@ -40,7 +40,7 @@ def plan_writes(warehouse: Path, registry: Registry, *, tenants: Iterable[str] |
     unsent rows it no longer contains; a one-invoice plan withdraws nothing)."""
     tenants = list(tenants) if tenants is not None else None
     with connect(warehouse, read_only=not record) as con:
-        plan = build_plan(read_inputs(con, registry), tenants=tenants, invoice=invoice)
+        plan = build_plan(read_inputs(con, registry, tenants=tenants), tenants=tenants, invoice=invoice)
         merge = None
         if record:
             # every tenant some writer plans for (a CRM-only tenant's stale rows are withdrawn too)
