@@ -64,6 +64,7 @@ from assets.reconcile.mismatches import (
     _customer_subject,
     _pairs,
     _rows,
+    customers_to_create,
     empty_mismatches,
     field_mismatches,
     settle,
@@ -252,11 +253,7 @@ def find_crm_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame
                                       pl.lit("company "), pl.col("id"), pl.lit(" '"), pl.col("name").fill_null(""),
                                       pl.lit("'")]))
     out.append(candidates.rows)
-    missing = (unlinked_seq.filter(pl.col("active").fill_null(True)
-                                   & (pl.col("app_status").str.to_uppercase() != DRAFT).fill_null(True))
-               .join(candidates.pairs, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"], how="anti")
-               .join(pairs.dangling_sequence, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"],
-                     how="anti"))
+    missing = customers_to_create(unlinked_seq, candidates.pairs, pairs.dangling_sequence)
     out.append(_rows(missing, entity="customer", kind="missing_in_app", action="create_in_app", app=pl.lit(app_name),
                      sequence_id=pl.col("id"), reason=pl.concat_str([
                          pl.col("_subject"), pl.lit(" is in Sequence but no "), label,

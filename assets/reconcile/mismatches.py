@@ -506,6 +506,16 @@ def _app_document_subject(entity: str) -> pl.Expr:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def customers_to_create(unlinked_seq: pl.LazyFrame, candidate_pairs: pl.LazyFrame,
+                        dangling_sequence: pl.LazyFrame) -> pl.LazyFrame:
+    """Unlinked Sequence customers the app should get: active, not DRAFT (not approved yet, never synced), with no
+    match candidate (proposed instead) and no dangling link (reported instead)."""
+    return (unlinked_seq.filter(pl.col("active").fill_null(True)
+                                & (pl.col("app_status").str.to_uppercase() != DRAFT).fill_null(True))
+            .join(candidate_pairs, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"], how="anti")
+            .join(dangling_sequence, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"], how="anti"))
+
+
 def find_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame, settings: SettingsFrames,
                     spec: AppSpec) -> pl.LazyFrame:
     """Every mismatch between Sequence and `spec.app`, for the tenants connected to it (the tenants in
@@ -546,11 +556,7 @@ def find_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame, se
     # archived customers need no twin, and DRAFT customers (not approved yet) are never synced
     if "app_status" not in seq_customers.collect_schema().names():
         unlinked_seq = unlinked_seq.with_columns(app_status=pl.lit(None, pl.String))
-    missing = (unlinked_seq.filter(pl.col("active").fill_null(True)
-                                   & (pl.col("app_status").str.to_uppercase() != DRAFT).fill_null(True))
-               .join(candidates.pairs, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"], how="anti")
-               .join(customer.dangling_sequence, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"],
-                     how="anti"))
+    missing = customers_to_create(unlinked_seq, candidates.pairs, customer.dangling_sequence)
     out.append(_rows(missing, entity="customer", kind="missing_in_app", action="create_in_app", app=pl.lit(app_name),
                      sequence_id=pl.col("id"), reason=pl.concat_str([
                          pl.col("_subject"), pl.lit(" is in Sequence but not linked to any "), label,

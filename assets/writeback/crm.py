@@ -54,6 +54,7 @@ import pycountry
 from assets.reconcile.rules import SEQUENCE, folded_text
 from assets.writeback import outbox
 from assets.writeback.outbox import Outcome
+from assets.writeback.writers import CRM_LABELS as LABELS, CRMS
 from assets.writeback.plan import (
     PLAN_SCHEMA,
     REF,
@@ -71,11 +72,9 @@ from connectors.errors import AppError
 if TYPE_CHECKING:
     from assets.writeback.apply import Applier, _Row
 
-CRMS = ("hubspot", "salesforce", "attio")
 # assets/reconcile/crm.py's SYNC_VALUES (that module loads dlt, which `ledgerlink apply` does without until a plan
 # has CRM rows; a test keeps the two equal)
 SYNC_VALUES = ("sequence_customer_id", "billing_status", "mrr")
-LABELS = {"hubspot": "HubSpot", "salesforce": "Salesforce", "attio": "Attio"}
 ACTIONS = ("create_in_app", "update_in_app", "link", "import_to_sequence")
 HUBSPOT_BATCH, SALESFORCE_BATCH = 100, 200
 ACCOUNT = "Account"
@@ -396,35 +395,35 @@ def _endpoint(row: _Row) -> str:
 
 
 def send_crm(applier: Applier, rows: list[_Row]) -> None:
-    """Sends one wave's CRM rows (any tenants): rows sent before go again with their request's members, in their
-    order; fresh rows go up to the CRM's batch size to a request of one endpoint."""
-    by_connection: dict[tuple[str, str], list[_Row]] = {}
+    """Sends one wave's rows of one CRM connection (Applier._wave groups them so): rows sent before go again with
+    their request's members, in their order; fresh rows go up to the CRM's batch size to a request of one
+    endpoint."""
+    if not rows:
+        return
+    app = rows[0].app
     for row in rows:
-        by_connection.setdefault((row.tenant, row.app), []).append(row)
-    for (_tenant, app), group in sorted(by_connection.items()):
-        for row in group:
-            _resolved(applier, row)
-        size = {"hubspot": HUBSPOT_BATCH, "salesforce": SALESFORCE_BATCH, "attio": 1}[app]
-        requests: list[tuple[str, list[_Row]]] = []
-        earlier: dict[str, list[_Row]] = {}
-        fresh: dict[str, list[_Row]] = {}
-        for row in group:
-            if row.request_id and row.batch_item:
-                earlier.setdefault(row.request_id, []).append(row)
-            else:
-                fresh.setdefault(_endpoint(row), []).append(row)
-        for key, members in earlier.items():
-            members.sort(key=lambda m: int(m.batch_item.removeprefix("i")))
-            requests.append((key, members))
-        for _endpoint_name, members in sorted(fresh.items(), key=lambda e: e[0] != "upsert"):  # creates first
-            for start in range(0, len(members), size):
-                chunk = members[start:start + size]
-                requests.append((request_key(app, (r.fresh_request_id() for r in chunk)), chunk))
-        send = {"hubspot": _send_hubspot, "salesforce": _send_salesforce, "attio": _send_attio}[app]
-        for index, (key, members) in enumerate(requests):
-            if send(applier, members, key) == "stop":
-                _hold(applier, [r for _, later in requests[index + 1:] for r in later])
-                break
+        _resolved(applier, row)
+    size = {"hubspot": HUBSPOT_BATCH, "salesforce": SALESFORCE_BATCH, "attio": 1}[app]
+    requests: list[tuple[str, list[_Row]]] = []
+    earlier: dict[str, list[_Row]] = {}
+    fresh: dict[str, list[_Row]] = {}
+    for row in rows:
+        if row.request_id and row.batch_item:
+            earlier.setdefault(row.request_id, []).append(row)
+        else:
+            fresh.setdefault(_endpoint(row), []).append(row)
+    for key, members in earlier.items():
+        members.sort(key=lambda m: int(m.batch_item.removeprefix("i")))
+        requests.append((key, members))
+    for _endpoint_name, members in sorted(fresh.items(), key=lambda e: e[0] != "upsert"):  # creates first
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            requests.append((request_key(app, (r.fresh_request_id() for r in chunk)), chunk))
+    send = {"hubspot": _send_hubspot, "salesforce": _send_salesforce, "attio": _send_attio}[app]
+    for index, (key, members) in enumerate(requests):
+        if send(applier, members, key) == "stop":
+            _hold(applier, [r for _, later in requests[index + 1:] for r in later])
+            break
 
 
 def _mark(applier: Applier, rows: list[_Row], key: str) -> None:

@@ -15,6 +15,7 @@ from assets.warehouse import read_table, table_exists
 from assets.writeback import outbox
 from checks.unified import MODEL, empty
 from assets.writeback.plan import QUICKBOOKS, PlanInputs, QuickBooksState
+from assets.writeback.writers import CRMS
 from connectors.registry import Registry
 
 # Read here rather than through assets.reconcile.assets (which imports Dagster): `ledgerlink apply` plans first,
@@ -114,5 +115,5 @@ def read_inputs(con: duckdb.DuckDBPyConnection, registry: Registry, *,
         outbox=outbox.read(con, tenants=chosen).lazy(),
         xero_settings={c.tenant: dict(c.settings) for c in registry.for_app("xero")},
         crm_settings={app: {c.tenant: dict(c.settings) for c in registry.for_app(app)}
-                      for app in ("hubspot", "salesforce", "attio") if registry.for_app(app)},
+                      for app in CRMS if registry.for_app(app)},
     )

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from connectors.registry import Connection
 
 SEQUENCE = "sequence"
-CRMS = ("hubspot", "salesforce", "attio")  # crm.CRMS, named here so that apply starts without crm.py
-CRM_LABELS = {"hubspot": "HubSpot", "salesforce": "Salesforce", "attio": "Attio"}  # crm.LABELS
+# the CRMs write-back writes to, named here (not in crm.py) so that apply starts without loading crm.py
+CRMS = ("hubspot", "salesforce", "attio")
+CRM_LABELS = {"hubspot": "HubSpot", "salesforce": "Salesforce", "attio": "Attio"}
 
 
 def _crm() -> Any:
