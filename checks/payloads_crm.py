@@ -8,7 +8,7 @@ what it holds}, the tenant's settings `sync_fields` inverted ("sequence_mrr" -> 
 checked for what it holds and named by its own name ("properties.sequence_mrr", "Sequence_MRR__c",
 "values.sequence_mrr").
 
-Payload shapes (a Sequence id an import creates first is "$ref:<idempotency key>" until it is confirmed):
+Payload shapes (a Sequence id an import creates first is "$ref:<idempotency key>:sequence_id" until it is confirmed):
   hubspot customer    create   {"idProperty": <unique property>, "id": <Sequence id>, "properties": {...}}
                       update|link  {"id": <company id>, "properties": {...}}      every value a string
   salesforce customer create   {"attributes": {"type": "Account"}, <external id field>: <Sequence id>, Name, ...}
@@ -36,7 +36,6 @@ from checks.unified import COUNTRIES, CURRENCIES
 CRM_SERVICES = {"hubspot": "HubSpot", "salesforce": "Salesforce", "attio": "Attio"}
 BILLING_STATUSES = ("active", "archived")
 NUMBER = r"^-?[0-9]+(\.[0-9]+)?$"
-REF = r"^\$ref:[0-9a-z]+$"
 RECORD_IDS = {"hubspot": (r"^[0-9]+$", "a HubSpot company id"),
               "salesforce": (r"^001[a-zA-Z0-9]{12}([a-zA-Z0-9]{3})?$", "a Salesforce Account id"),
               "attio": (r"(?i)^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", "an Attio record id")}

@@ -37,7 +37,8 @@ import yaml
 from assets.warehouse import table_exists
 from assets.writeback import outbox, writers
 from assets.writeback.outbox import Outcome
-from assets.writeback.plan import QBO_ENTITIES, QUICKBOOKS, REF, dumps
+from assets.writeback.plan import QUICKBOOKS, dumps, ref_target
+from assets.writeback.quickbooks import QBO_ENTITIES
 from connectors.auth import TokenStore
 from connectors.clients import build_client
 from connectors.errors import AppError, Conflict, RateLimited
@@ -131,7 +132,8 @@ def writes_allowed(connection: Connection, allow_writes: bool) -> bool:
 
 def refs_in(value: Any) -> set[str]:
     if isinstance(value, str):
-        return {value.removeprefix(REF)} if value.startswith(REF) else set()
+        target = ref_target(value)
+        return {target[0]} if target else set()
     if isinstance(value, dict):
         return set().union(*(refs_in(v) for v in value.values())) if value else set()
     if isinstance(value, list):
@@ -139,10 +141,17 @@ def refs_in(value: Any) -> set[str]:
     return set()
 
 
-def resolve(value: Any, ids: Mapping[str, str]) -> Any:
-    """Fills "$ref:<key>" with the id the confirmed write `key` created."""
-    if isinstance(value, str) and value.startswith(REF):
-        return ids[value.removeprefix(REF)]
+def resolve(value: Any, ids: Mapping[str, Mapping[str, str | None]]) -> Any:
+    """Fills each "$ref:<key>[:<id field>]" with the id it names of the confirmed write `key` (ids: key ->
+    {app_id, sequence_id}, outbox.states). A KeyError names a ref that cannot be filled (no such confirmed write,
+    or the write has no such id)."""
+    target = ref_target(value)
+    if target is not None:
+        key, id_field = target
+        filled = (ids.get(key) or {}).get(id_field)
+        if filled is None:
+            raise KeyError(f"{key} ({id_field})")
+        return filled
     if isinstance(value, dict):
         return {k: resolve(v, ids) for k, v in value.items()}
     if isinstance(value, list):
@@ -283,12 +292,12 @@ class Applier:
             for row in ready:
                 del remaining[row.key]
                 # a write only ever takes ids its own tenant's writes created
-                ids = {k: v["app_id"] or v["sequence_id"] for k, v in known.items()
-                       if v["state"] == "confirmed" and v["tenant"] == row.tenant}
+                ids = {k: v for k, v in known.items() if v["state"] == "confirmed" and v["tenant"] == row.tenant}
                 try:
                     row.payload = resolve(row.payload, ids)
                 except KeyError as missing:
-                    self.echo(f"[apply] {row.key} names write {missing} of another tenant; it is not sent")
+                    self.echo(f"[apply] {row.key} names write {missing.args[0]}, which is another tenant's or has no "
+                              "such id; it is not sent")
                     unknown.append(row.key)
                     continue
                 sendable.append(row)

@@ -16,7 +16,8 @@ Plan (`crm_plan`, from reconcile.mismatches with app = <crm>; `counterpart_app` 
                             created in Sequence as the QuickBooks import is (look-up by alias "<crm>-<id>" first,
                             apply._import), the CRM id stored as its integration id (service HubSpot | Salesforce |
                             Attio); then
-  <crm> customer    update  (depends_on the import) the company's Sequence-customer-id field = "$ref:<import key>".
+  <crm> customer    update  (depends_on the import) the company's Sequence-customer-id field =
+                            "$ref:<import key>:sequence_id" (the import's Sequence id, not its app_id: the CRM's).
 A company also importable from QuickBooks / Xero (or from the tenant's other CRM) under the same folded legal
 name is imported once: the CRM's import is skipped naming the twin, and the CRM's follow-up waits for the twin.
 Rows whose payload breaks its contract (checks/payloads_crm.py) are skipped with the record, field and reason;
@@ -36,8 +37,7 @@ allocation) is not retried: the refused request's rows and the tenant's remainin
 Known simplifications: a value Sequence does not have (a region, a second address line) is not cleared in the
 CRM (HubSpot would take "", Salesforce null; the plan leaves such fields out); Attio's MRR goes with the
 customer's currency, or the attribute's default currency when Sequence has none; the domain is never written
-(Sequence keeps none). Apply's generic "$ref" resolution takes a write's app_id, which for an import is the
-CRM id: the follow-up's refs are resolved here from the referenced row's sequence_id instead.
+(Sequence keeps none).
 """
 
 from __future__ import annotations
@@ -47,12 +47,10 @@ from collections.abc import Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import polars as pl
 import pycountry
 
 from assets.reconcile.rules import SEQUENCE, folded_text
-from assets.writeback import outbox
 from assets.writeback.outbox import Outcome
 from assets.writeback.writers import CRM_LABELS as LABELS, CRMS
 from assets.writeback.plan import (
@@ -346,7 +344,7 @@ def _import_rows(inputs: PlanInputs, app: str, settings: Mapping[str, Mapping[st
         if "sequence_customer_id" not in fields:
             continue  # the integration id Sequence stores is then the only link
         # a new customer: active, nothing billed yet
-        values = {"sequence_customer_id": ref(source), "billing_status": "active", "mrr": Decimal(0)}
+        values = {"sequence_customer_id": ref(source, "sequence_id"), "billing_status": "active", "mrr": Decimal(0)}
         rows.append(_row(tenant, app, app, "update", None, aid,
                          update_payload(app, aid, {k: v for k, v in values.items() if k in fields}, fields),
                          f"Stores the id of the Sequence customer imported for '{name}' in the {label} company's "
@@ -364,32 +362,6 @@ def request_key(app: str, keys: Iterable[str]) -> str:
     return "lc" + app[0] + hashlib.blake2b("\x1f".join(sorted(keys)).encode(), digest_size=15).hexdigest()
 
 
-def _resolved(applier: Applier, row: _Row) -> None:
-    """Fills the row's "$ref:<key>" from the outbox: an import's Sequence id, any other write's app id. The
-    stored payload still has its refs until the row is first sent (mark_sent stores the resolved one)."""
-    if not row.depends_on:
-        return
-    stored = applier.con.execute(f"select payload from {outbox.OUTBOX_TABLE} where idempotency_key = ?",
-                                 [row.key]).fetchone()
-    if stored is None or REF not in stored[0]:
-        return
-    found = applier.con.execute(
-        f"select idempotency_key, app, app_id, sequence_id from {outbox.OUTBOX_TABLE} where state = 'confirmed' "
-        "and tenant = ? and idempotency_key in (select unnest(?))", [row.tenant, row.depends_on]).fetchall()
-    ids = {k: (s if a == SEQUENCE else i) for k, a, i, s in found}
-
-    def fill(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith(REF):
-            return ids[value.removeprefix(REF)]
-        if isinstance(value, dict):
-            return {k: fill(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [fill(v) for v in value]
-        return value
-
-    row.payload = fill(orjson.loads(stored[0]))
-
-
 def _endpoint(row: _Row) -> str:
     return "upsert" if row.operation == "create" else "update"
 
@@ -401,8 +373,6 @@ def send_crm(applier: Applier, rows: list[_Row]) -> None:
     if not rows:
         return
     app = rows[0].app
-    for row in rows:
-        _resolved(applier, row)
     size = {"hubspot": HUBSPOT_BATCH, "salesforce": SALESFORCE_BATCH, "attio": 1}[app]
     requests: list[tuple[str, list[_Row]]] = []
     earlier: dict[str, list[_Row]] = {}

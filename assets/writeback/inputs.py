@@ -14,7 +14,8 @@ from assets.reconcile.links import LINKS_SCHEMA, MISMATCH_SCHEMA
 from assets.warehouse import read_table, table_exists
 from assets.writeback import outbox
 from checks.unified import MODEL, empty
-from assets.writeback.plan import QUICKBOOKS, PlanInputs, QuickBooksState
+from assets.writeback.plan import QUICKBOOKS, PlanInputs
+from assets.writeback.quickbooks import QuickBooksState
 from assets.writeback.writers import CRMS
 from connectors.registry import Registry
 

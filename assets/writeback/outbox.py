@@ -43,7 +43,7 @@ create table if not exists {OUTBOX_TABLE} (
     entity varchar not null,
     operation varchar not null,
     sequence_id varchar,
-    app_id varchar,                      -- the QuickBooks record (filled in by a confirmed create)
+    app_id varchar,                      -- the app's record (filled in by a confirmed create)
     counterpart_app varchar,             -- the connected app of the pair (writes to Sequence too)
     payload varchar not null,            -- JSON text: the write's content
     depends_on varchar[] not null,
@@ -129,15 +129,20 @@ def _family(operation: pl.Expr) -> pl.Expr:
     return operation.replace(FAMILIES)
 
 
-TARGET = ["tenant", "app", "entity", "_family", "_sid", "_aid"]
+TARGET = ["tenant", "app", "_pair", "entity", "_family", "_sid", "_aid"]
 
 
 def _with_target(frame: pl.DataFrame) -> pl.DataFrame:
     """The record a write is about. A create's app_id (and an import's sequence_id) is only known once it is
-    confirmed, and a Sequence customer has one QuickBooks link: those ids are not part of the target."""
+    confirmed, and a Sequence customer has one link per app: those ids are not part of the target. The app of
+    the pair is (_pair, an app write's own app): a Sequence import's app_id is a record of the app it comes from
+    (QuickBooks customer 9 and HubSpot company 9 are two companies), a Sequence link's of the app it links to."""
     family = _family(pl.col("operation"))
+    # rows from before counterpart_app: a Sequence write's pair was QuickBooks
+    pair = pl.coalesce("counterpart_app", pl.when(pl.col("app") != "sequence").then("app"), pl.lit("quickbooks"))
     return frame.with_columns(
         _family=family,
+        _pair=pair,
         _sid=pl.when(family == "import").then(pl.lit("")).otherwise(pl.col("sequence_id").fill_null("")),
         _aid=pl.when(family.is_in(["create", "create_item", "link"])).then(pl.lit(""))
         .otherwise(pl.col("app_id").fill_null("")))
@@ -275,7 +280,7 @@ class Outcome:
     answer: str | None = None  # JSON text
     error: str | None = None
     retriable: bool | None = None
-    app_id: str | None = None  # a create's new QuickBooks id
+    app_id: str | None = None  # a create's new id in its app
     sequence_id: str | None = None  # an import's new Sequence id
 
 

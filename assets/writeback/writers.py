@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from assets.writeback import xero
-from assets.writeback.plan import QUICKBOOKS, quickbooks_plan
+from assets.writeback.plan import QUICKBOOKS
+from assets.writeback.quickbooks import quickbooks_plan
 
 if TYPE_CHECKING:
     from assets.writeback.apply import Applier, _Row

@@ -15,7 +15,8 @@ import polars as pl
 import pytest
 
 from assets.reconcile.assets import UNIFIED_INPUTS, compute_links, compute_mismatches
-from assets.writeback.plan import PlanInputs, QuickBooksState, build_plan
+from assets.writeback.plan import PlanInputs, build_plan
+from assets.writeback.quickbooks import QuickBooksState
 from checks.unified import MODEL
 
 T = "t1"

@@ -3,13 +3,14 @@ $refs, batch requestids, and the item mappings written back to the registry."""
 
 import duckdb
 import polars as pl
+import pytest
 import yaml
 from dagster import AssetKey
 
 from assets.writeback import outbox
 from assets.writeback.apply import already_applied, apply, batch_id, record_item_mappings, resolve, writes_allowed
 from assets.writeback.assets import APPLY_KEY, PLAN_KEY, WRITEBACK_ASSETS
-from assets.writeback.plan import Row, empty_plan
+from assets.writeback.plan import Row, empty_plan, ref
 from connectors.auth import TokenStore
 from connectors.registry import parse_registry
 from pipelines.definitions import defs
@@ -63,10 +64,22 @@ def test_already_applied_compares_what_the_update_sends():
     assert already_applied({"Id": "9", "CustomerMemo": {"value": ""}}, {"Id": "9"})  # a cleared memo
 
 
-def test_refs_are_filled_from_confirmed_writes():
+def test_refs_are_filled_from_confirmed_writes_with_the_id_they_name():
     payload = {"CustomerRef": {"value": "$ref:llaa"}, "Line": [{"ItemRef": {"value": "$ref:llbb"}}, {"x": "$5"}]}
-    assert resolve(payload, {"llaa": "58", "llbb": "12"}) == {"CustomerRef": {"value": "58"},
-                                                             "Line": [{"ItemRef": {"value": "12"}}, {"x": "$5"}]}
+    ids = {"llaa": {"app_id": "58", "sequence_id": "c1"}, "llbb": {"app_id": "12", "sequence_id": None}}
+    assert resolve(payload, ids) == {"CustomerRef": {"value": "58"},
+                                     "Line": [{"ItemRef": {"value": "12"}}, {"x": "$5"}]}
+    # an import's app_id is its source record (a CRM company); the Sequence customer it made is its sequence_id
+    imported = {"llcc": {"app_id": "5002", "sequence_id": "cus-9"}}
+    assert ref("llcc", "sequence_id") == "$ref:llcc:sequence_id"
+    assert resolve({"sequence_customer_id": ref("llcc", "sequence_id"), "id": ref("llcc")}, imported) == {
+        "sequence_customer_id": "cus-9", "id": "5002"}
+    with pytest.raises(KeyError):  # no such id: never a silent fallback to the other one
+        resolve({"v": ref("llbb", "sequence_id")}, ids)
+    with pytest.raises(KeyError):
+        resolve({"v": ref("lldd")}, ids)
+    with pytest.raises(ValueError):
+        ref("llaa", "name")
 
 
 def test_batch_requestids_fit_quickbooks_and_depend_only_on_the_members():

@@ -113,7 +113,8 @@ def import_rows(app: str, record_id: str, alias_id: str) -> list[Row]:
     imported = Row(T, "sequence", "customer", "import", None, record_id, payload, "closed-won, no customer",
                    counterpart_app=app)
     follow = Row(T, app, "customer", "update", None, record_id,
-                 update_payload(app, record_id, {"sequence_customer_id": ref(imported.key), "billing_status": "active"},
+                 update_payload(app, record_id, {"sequence_customer_id": ref(imported.key, "sequence_id"),
+                                                           "billing_status": "active"},
                                 SYNC[app]),
                  "stores the new Sequence id", depends_on=[imported.key], counterpart_app=app)
     return [imported, follow]

@@ -92,7 +92,8 @@ def test_hubspot_updates_the_stale_field_upserts_the_missing_company_and_imports
     follow = next(r for r in every if r["operation"] == "update" and r["app_id"] == "102")
     assert follow["depends_on"] == [imported["idempotency_key"]]
     assert orjson.loads(follow["payload"])["properties"] == {
-        "sequence_customer_id": f"$ref:{imported['idempotency_key']}", "sequence_billing_status": "active",
+        # the import's Sequence id, named as such (its app_id is the HubSpot company's)
+        "sequence_customer_id": f"$ref:{imported['idempotency_key']}:sequence_id", "sequence_billing_status": "active",
         "sequence_mrr": "0.00"}
     again, _ = plan(crm_company("hubspot"), {"hubspot": crm_settings("hubspot")})
     assert again.equals(whole)  # deterministic keys: the same intent is the same write
@@ -134,7 +135,7 @@ def test_a_company_quickbooks_imports_too_is_imported_once_and_the_crm_waits_for
     assert "Green Robotics Ltd" in imported["error"]
     follow = mine.filter((pl.col("operation") == "update") & (pl.col("app_id") == "102")).to_dicts()[0]
     assert follow["state"] == "planned" and follow["depends_on"] == [key]
-    assert f"$ref:{key}" in follow["payload"]
+    assert f'"$ref:{key}:sequence_id"' in follow["payload"]
 
 
 def test_two_crms_of_one_tenant_import_a_company_once():

@@ -101,6 +101,45 @@ def test_a_record_is_created_once(con):
     assert merge.inserted == 0 and len(merge.waiting) == 1
 
 
+def sequence_write(operation: str, pair: str, *, sequence_id: str | None = None, app_id: str | None = None,
+                   name: str = "Green Robotics Ltd") -> Row:
+    payload = {"legalName": name, "integrationIds": [{"service": pair, "id": app_id}]}
+    return Row("t1", "sequence", "customer", operation, sequence_id, app_id, payload, "from the pair",
+               counterpart_app=pair)
+
+
+def confirm(con, row: Row, **ids: str) -> None:
+    outbox.merge_plan(con, plan_of(row))
+    outbox.mark_sent(con, [(row.key, row.key, None)])
+    outbox.record(con, [Outcome(row.key, "confirmed", answer="{}", **ids)])
+
+
+def test_writes_to_sequence_for_different_apps_are_different_records_with_the_same_id_string(con):
+    # QuickBooks customer 9 and HubSpot company 9 are two companies: each is imported
+    confirm(con, sequence_write("import", "quickbooks", app_id="9"), sequence_id="cus-1")
+    hubspot = sequence_write("import", "hubspot", app_id="9", name="Blue Ltd")
+    merge = outbox.merge_plan(con, plan_of(hubspot))
+    assert merge.inserted == 1 and merge.waiting == []
+    # while one app's record is imported once (a later plan of it, changed meanwhile, waits)
+    merge = outbox.merge_plan(con, plan_of(sequence_write("import", "quickbooks", app_id="9", name="Green Ltd")))
+    assert merge.inserted == 0 and len(merge.waiting) == 1
+    # a Sequence customer is linked once per app: its QuickBooks link does not hold back its Xero link
+    confirm(con, sequence_write("link", "quickbooks", sequence_id="cus-1", app_id="9"))
+    assert outbox.merge_plan(con, plan_of(sequence_write("link", "xero", sequence_id="cus-1", app_id="x-9"))
+                             ).inserted == 1
+    assert outbox.merge_plan(con, plan_of(sequence_write("link", "quickbooks", sequence_id="cus-1", app_id="10"))
+                             ).waiting != []
+
+
+def test_a_sequence_write_from_before_counterpart_app_is_quickbooks(con):
+    old = sequence_write("import", "quickbooks", app_id="9")
+    confirm(con, old, sequence_id="cus-1")
+    con.execute("update writeback.outbox set counterpart_app = null")
+    assert outbox.merge_plan(con, plan_of(sequence_write("import", "quickbooks", app_id="9", name="Green Ltd"))
+                             ).waiting != []
+    assert outbox.merge_plan(con, plan_of(sequence_write("import", "attio", app_id="9"))).inserted == 1
+
+
 def test_a_complete_plan_withdraws_unsent_rows_it_no_longer_has(con):
     kept, gone = invoice_create(), invoice_update("2025-07-31")
     other_tenant = invoice_update("2025-07-31", tenant="t2")
