@@ -241,13 +241,10 @@ def find_crm_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame
         specs.append(DOMAIN_FIELD)
     specs += list(spec.sync_fields)
     out.append(field_mismatches(seq_customers, companies, pairs.pairs, specs, entity="customer",
-                                subject=pl.col("_subject")))
+                                subject=pl.col("_subject"), rows=pairs.index))
 
     # Unlinked on either side: candidates first, then what is left.
-    unlinked_seq = seq_customers.join(pairs.linked_sequence, left_on=["tenant", "id"],
-                                      right_on=["tenant", "sequence_id"], how="anti")
-    unlinked_app = companies.join(pairs.linked_app, left_on=["tenant", "app", "id"],
-                                  right_on=["tenant", "app", "app_id"], how="anti")
+    unlinked_seq, unlinked_app = pairs.unlinked_sequence, pairs.unlinked_app
     candidates = match_candidates(unlinked_seq, unlinked_app, entity="customer", rules=COMPANY_MATCHES,
                                   subject=pl.col("_subject"), app_subject=pl.concat_str([
                                       pl.lit("company "), pl.col("id"), pl.lit(" '"), pl.col("name").fill_null(""),

@@ -153,6 +153,20 @@ def _stripped(spec: FieldSpec, value: pl.Expr) -> pl.Expr:
     return stripped.str.to_lowercase() if spec.compare == "text_ci" else stripped
 
 
+def _pre_images(spec: FieldSpec) -> list[Callable[[pl.Expr], pl.Expr]]:
+    """Pre-images of `_normalised` for text, cheapest first, each applied to the pairs the one before left: trimmed,
+    then (text_ci) lower case, then `_stripped`. Each is a function clean_text (and lower case) can be computed
+    from, so equal values here are equal once normalised. Most values that differ raw differ only at the edges or
+    in case (e-mails), which the cheap steps settle before any string is rebuilt."""
+    def trimmed(value: pl.Expr) -> pl.Expr:
+        return value.cast(pl.String).str.strip_chars()
+
+    def folded(value: pl.Expr) -> pl.Expr:
+        return trimmed(value).str.to_lowercase()
+
+    return [trimmed, *([folded] if spec.compare == "text_ci" else []), lambda value: _stripped(spec, value)]
+
+
 def _display(spec: FieldSpec, value: pl.Expr, currency: pl.Expr | None) -> pl.Expr:
     if spec.compare in ("text", "text_ci", "code"):
         return _clean_text(value)
@@ -201,8 +215,35 @@ def linked_rows(links: pl.LazyFrame, sequence: pl.DataFrame, app: pl.DataFrame, 
 
 def unpaired(frame: pl.DataFrame, rows: pl.Series) -> pl.DataFrame:
     """The rows of `frame` that `rows` (row numbers, from `linked_rows`) does not name."""
-    paired = pl.repeat(False, frame.height, dtype=pl.Boolean, eager=True)
-    return frame.filter(~paired.scatter(rows, True))
+    return frame.filter(~_marked(frame.height, rows))
+
+
+def _row_of(keys: pl.DataFrame, key_names: Sequence[str], frame: pl.DataFrame,
+            frame_names: Sequence[str]) -> pl.Series:
+    """For each row of `keys`, the row number in `frame` of the record with the same key (`key_names` there,
+    `frame_names` here), null when there is none: a join on one hash of the keys, m:1 (a key naming two records
+    raises), every match then checked on the real keys, so a hash collision never pairs two records. Two keys of
+    `frame` sharing a hash fail the m:1 check on the hashes; the exact join on the keys then decides."""
+    if all(_hashable(keys.schema[k]) and keys.schema[k] == frame.schema[f] for k, f in zip(key_names, frame_names)):
+        hashes = frame.select(_key_hash(frame_names).alias("_h"))
+        # m:1 on the hashes, checked apart: an unordered inner join scattered back to the keys' order is several
+        # times cheaper than an ordered, validated left join
+        if hashes.get_column("_h").n_unique() == frame.height:
+            joined = (keys.select(_key_hash(key_names).alias("_h")).with_row_index("_k")
+                      .join(hashes.with_row_index("_r"), on="_h", how="inner"))
+            at, matched = joined.get_column("_k"), joined.get_column("_r")
+            real = pl.repeat(True, joined.height, dtype=pl.Boolean, eager=True)
+            for k, f in zip(key_names, frame_names):
+                real = real & (_column(keys, k).gather(at) == _column(frame, f).gather(matched))
+            real = real.fill_null(False)  # a null key names nothing, as in a join
+            if not real.all():  # a collision with a key `frame` does not have
+                at, matched = at.filter(real), matched.filter(real)
+            return pl.repeat(None, keys.height, dtype=matched.dtype, eager=True).scatter(at, matched)
+        # two keys of `frame` share a hash: the exact join below decides (and raises if a key really is duplicated)
+    return (keys.lazy().select(key_names)
+            .join(frame.lazy().select(frame_names).with_row_index("_r"), left_on=key_names, right_on=frame_names,
+                  how="left", validate="m:1", maintain_order="left")
+            .collect(engine="in-memory").get_column("_r"))
 
 
 def _pair_index(links: pl.LazyFrame, seq: pl.DataFrame, other: pl.DataFrame, sequence_key: str, app_key: str,
@@ -214,10 +255,14 @@ def _pair_index(links: pl.LazyFrame, seq: pl.DataFrame, other: pl.DataFrame, seq
     The joins run on a hash of the keys; every pair found is then checked on the real keys (gathered by row
     number), so a hash collision can never pair two records. A validation failure (a duplicate key, or two keys
     sharing a hash) falls back to the joins on the real keys, which decide exactly as before."""
-    check = "m:1" if validate else "m:m"
     s_keys, a_keys = ["tenant", sequence_key], ["tenant", "app", app_key]
     l_s_keys, l_a_keys = ["tenant", "sequence_id"], ["tenant", "app", "app_id"]  # the same keys in the links
     pairs = links.select(*dict.fromkeys([*l_s_keys, *l_a_keys])).collect(engine="in-memory")
+    if validate:
+        si, ai = _row_of(pairs, l_s_keys, seq, s_keys), _row_of(pairs, l_a_keys, other, a_keys)
+        both = si.is_not_null() & ai.is_not_null()
+        return si.filter(both), ai.filter(both)
+    check = "m:m"  # without validation a key may name several records: every combination is a pair
     if all(_hashable(pairs.schema[lk]) and pairs.schema[lk] == seq.schema[k] for lk, k in zip(l_s_keys, s_keys)) and \
             all(_hashable(pairs.schema[lk]) and pairs.schema[lk] == other.schema[k] for lk, k in zip(l_a_keys, a_keys)):
         try:
@@ -254,7 +299,7 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
                      entity: str, subject: str | pl.Expr | None = None, sequence_key: str = "id",
                      app_key: str = "id", sequence_ref: str | None = None, app_ref: str | None = None,
                      validate: bool = True, rows: tuple[pl.Series, pl.Series] | None = None,
-                     columnwise: bool = False) -> pl.LazyFrame:
+                     columnwise: bool = True) -> pl.LazyFrame:
     """Field-by-field diff of linked pairs: one mismatch row per (pair, spec) whose values differ.
 
     sequence  one row per Sequence record: `tenant`, `sequence_key` and whatever the specs read
@@ -267,10 +312,10 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
               of the work)
     rows      the pairs as row numbers into `sequence` and `app` (from `linked_rows` on the same frames), when the
               caller has them already: `links` is then not joined again
-    columnwise  read each spec's columns only when that spec is compared (keys and what reasons read are read
-              first): for inputs that are cheap to read again and give their rows in the same order each time,
-              such as file scans (peak memory is then a few columns, not both inputs whole) or frames in memory;
-              not for plans with joins, which would run once per spec
+    columnwise  (default) read each spec's columns only when that spec is compared (keys and what reasons read are
+              read first): for inputs that are cheap to read again and give their rows in the same order each
+              time, as the reconciliation's are (computed frames, `settle`) and file scans (peak memory is then a
+              few columns, not both inputs whole); pass False for plans with joins, which would run once per spec
 
     Returns a LazyFrame with MISMATCH_SCHEMA's columns, computed when called (like `settle`, with the in-memory
     engine). Work is proportional to the differences: the pairs are found by joining one hash of the keys and
@@ -356,9 +401,9 @@ def field_mismatches(sequence: pl.LazyFrame, app: pl.LazyFrame, links: pl.LazyFr
                                    *(_column(s_own, n).gather(s_rows) for n in s_more),
                                    *(_column(a_own, n).gather(a_rows) for n in a_more)])
         if spec.compare in ("text", "text_ci", "code"):
-            # clean_text is a function of `_stripped` (folded_text of its lower case): a cheap step that drops the
-            # pairs differing only in spaces, at the edges or in case before the regex
-            candidates = candidates.filter(_stripped(spec, s_val).ne_missing(_stripped(spec, a_val)))
+            # cheap steps drop the pairs differing only in spaces, at the edges or in case before the regex
+            for pre_image in _pre_images(spec):
+                candidates = candidates.filter(pre_image(s_val).ne_missing(pre_image(a_val)))
         differing = candidates.filter(_normalised(spec, s_val, s_cur).ne_missing(_normalised(spec, a_val, a_cur)))
         # only the columns the rows show (not every input column: that gather cost more than the rows' text)
         s_cols = dict.fromkeys([*s_shown, s_refs[i], *s_more, *(spec.note.meta.root_names() if spec.note is not None
@@ -419,24 +464,46 @@ class _Pairs:
     dangling_sequence: pl.LazyFrame  # tenant, sequence_id of Sequence records whose only links lead nowhere
     linked_app: pl.LazyFrame  # tenant, app, app_id of every app record some Sequence record links
     rows: pl.LazyFrame  # link conflicts and links to records the app no longer has
+    # each pair's row numbers in the Sequence and app frames given (in the order of `pairs`), for
+    # `field_mismatches(rows=...)` and gathers on those frames
+    index: tuple[pl.Series, pl.Series]
+    unlinked_sequence: pl.LazyFrame  # the Sequence frame's records not in linked_sequence
+    unlinked_app: pl.LazyFrame  # the app frame's records not in linked_app
 
 
 def _pairs(links: pl.LazyFrame, entity: str, sequence: pl.LazyFrame, app: pl.LazyFrame, subject: pl.Expr,
            app_name: str) -> _Pairs:
+    """Each link of `entity` to `app_name` (reconcile.links) checked against both sides: a pair (1:1, both records
+    present), a conflict (one of its records has another link), dangling (its app record is gone), or dropped (its
+    Sequence record is not in `sequence`). `sequence` (tenant, id, what `subject` reads) and `app` (tenant, app,
+    id) are computed frames (`settle`): row numbers into them stay valid. Each link finds its records by a join
+    on one hash of the keys, checked on the real keys (`_row_of`); counting and the rest run on those row numbers,
+    not on the string keys."""
     own = (links.filter((pl.col("entity") == entity) & (pl.col("app") == app_name) & (pl.col("method") != "settings"))
-           .select("tenant", "app", "sequence_id", "app_id").unique())
-    own = own.join(sequence.select("tenant", pl.col("id").alias("sequence_id")), on=["tenant", "sequence_id"],
-                   how="semi")
-    counted = own.with_columns(_n_app=pl.len().over("tenant", "app", "sequence_id"),
-                               _n_seq=pl.len().over("tenant", "app", "app_id"))
-    single = counted.filter((pl.col("_n_app") == 1) & (pl.col("_n_seq") == 1)).drop("_n_app", "_n_seq")
-    present = app.select("tenant", "app", pl.col("id").alias("app_id"))
-    pairs = single.join(present, on=["tenant", "app", "app_id"], how="semi")
-    names = sequence.select("tenant", pl.col("id").alias("sequence_id"), subject.alias("_subject"))
+           .select("tenant", "app", "sequence_id", "app_id").collect(engine="in-memory"))
+    seq_keys = sequence.select("tenant", "id").collect(engine="in-memory")
+    app_keys = app.select("tenant", "app", "id").collect(engine="in-memory")
+    own = own.with_columns(_si=_row_of(own, ["tenant", "sequence_id"], seq_keys, ["tenant", "id"]))
+    own = own.filter(pl.col("_si").is_not_null())  # a link from a record this side does not have: not ours
+    own = own.with_columns(_ai=_row_of(own, ["tenant", "app", "app_id"], app_keys, ["tenant", "app", "id"]))
+    present = own.get_column("_ai").is_not_null()
+    twice = _named_twice(own, present, (seq_keys.height, app_keys.height))
+    if twice.any():
+        # the same link twice is one link, not a conflict (reconcile.links has one row per link already); a key is
+        # one row number, so the integers decide
+        own = pl.concat([own.filter(present).unique(subset=["_si", "_ai"], keep="first", maintain_order=True),
+                         own.filter(~present).unique(subset=["_si", "app_id"], keep="first", maintain_order=True)])
+        present = own.get_column("_ai").is_not_null()
+        twice = _named_twice(own, present, (seq_keys.height, app_keys.height))
+    si, ai = own.get_column("_si"), own.get_column("_ai")
+    single = ~twice
     label = app_label(pl.col("app"))
     what = entity.replace("_", " ")
-    conflicts = (counted.filter((pl.col("_n_app") > 1) | (pl.col("_n_seq") > 1))
-                 .join(names, on=["tenant", "sequence_id"], how="left", validate="m:1")
+    odd = own.filter(twice | ~present)  # conflicts and dangling links: the subject is worked out for these only
+    odd = odd.with_columns(_subject=sequence.select(pl.col(subject.meta.root_names())).collect(engine="in-memory")
+                           .select(subject.gather(odd.get_column("_si"))).to_series(),
+                           _conflict=twice.filter(twice | ~present))
+    conflicts = (odd.lazy().filter(pl.col("_conflict"))
                  .select("tenant", "app", pl.lit(entity).alias("entity"), "sequence_id", "app_id",
                          pl.lit("link_conflict").alias("kind"), pl.lit(None, pl.String).alias("field"),
                          pl.lit(None, pl.String).alias("sequence_value"), pl.col("app_id").alias("app_value"),
@@ -444,8 +511,7 @@ def _pairs(links: pl.LazyFrame, entity: str, sequence: pl.LazyFrame, app: pl.Laz
                          pl.concat_str([pl.col("_subject"), pl.lit(" is linked to "), label, pl.lit(f" {what} "),
                                         pl.col("app_id"), pl.lit(", but one of the two records has another link too; "
                                                                  "keep one link.")]).alias("reason")))
-    dangling = (single.join(present, on=["tenant", "app", "app_id"], how="anti")
-                .join(names, on=["tenant", "sequence_id"], how="left", validate="m:1")
+    dangling = (odd.lazy().filter(~pl.col("_conflict"))
                 .select("tenant", "app", pl.lit(entity).alias("entity"), "sequence_id", "app_id",
                         pl.lit("missing_in_app").alias("kind"), pl.lit(None, pl.String).alias("field"),
                         pl.lit(None, pl.String).alias("sequence_value"), pl.lit(None, pl.String).alias("app_value"),
@@ -454,13 +520,46 @@ def _pairs(links: pl.LazyFrame, entity: str, sequence: pl.LazyFrame, app: pl.Laz
                                        pl.col("app_id"), pl.lit(", which "), label,
                                        pl.lit(" does not have (deleted there, or not extracted): re-sync or "
                                               "unlink it.")]).alias("reason")))
+    pair = single & present
     # a record linked only to a twin that is gone may match another twin: it is offered candidates, not created
-    linked = own.join(present, on=["tenant", "app", "app_id"], how="semi").select("tenant", "sequence_id").unique()
-    return _Pairs(pairs=settle(pairs), linked_sequence=settle(linked),
-                  dangling_sequence=settle(own.select("tenant", "sequence_id").unique()
-                                           .join(linked, on=["tenant", "sequence_id"], how="anti")),
-                  linked_app=settle(own.select("tenant", "app", "app_id").unique()),
-                  rows=pl.concat([conflicts, dangling], how="vertical"))
+    linked_s = _marked(seq_keys.height, si.filter(present))
+    linked_a = _marked(app_keys.height, ai.drop_nulls())
+    linked = seq_keys.lazy().filter(pl.lit(linked_s)).select("tenant", pl.col("id").alias("sequence_id"))
+    dangling_rows = si.filter(~present).unique()
+    dangling_rows = dangling_rows.filter(~linked_s.gather(dangling_rows))
+    gone_app = own.filter(~present).select("tenant", "app", "app_id").unique()
+    return _Pairs(pairs=own.filter(pair).select("tenant", "app", "sequence_id", "app_id").lazy(),
+                  linked_sequence=linked,
+                  dangling_sequence=seq_keys.select(pl.col("tenant").gather(dangling_rows),
+                                                    pl.col("id").gather(dangling_rows).alias("sequence_id")).lazy(),
+                  linked_app=pl.concat([app_keys.lazy().filter(pl.lit(linked_a)).rename({"id": "app_id"}),
+                                        gone_app.lazy()]),
+                  rows=pl.concat([conflicts, dangling], how="vertical"),
+                  index=(si.filter(pair), ai.filter(pair)),
+                  unlinked_sequence=sequence.filter(pl.lit(~linked_s)),
+                  unlinked_app=app.filter(pl.lit(~linked_a)))
+
+
+def _named_twice(own: pl.DataFrame, present: pl.Series, heights: tuple[int, int]) -> pl.Series:
+    """Links (with row numbers `_si`, `_ai` into frames of `heights` rows) whose Sequence or app record another link
+    names too: a present record by its row number; an app record that is gone by its key, among the (few) links to
+    records that are gone."""
+    si, ai = own.get_column("_si"), own.get_column("_ai")
+    # usually no row number repeats: counting the rows marked (a scatter) is much cheaper than a hash of each
+    twice = si.is_duplicated() if _marked(heights[0], si).sum() < si.len() else pl.repeat(
+        False, si.len(), dtype=pl.Boolean, eager=True)
+    named = ai.filter(present)
+    if _marked(heights[1], named).sum() < named.len():
+        twice = twice | (ai.is_duplicated() & present)
+    if not present.all():
+        gone = own.filter(~present).select(pl.struct("tenant", "app_id").is_duplicated()).to_series()
+        twice = twice.scatter((~present).arg_true(), gone)
+    return twice
+
+
+def _marked(height: int, rows: pl.Series) -> pl.Series:
+    """A mask of `height` rows, true at `rows`."""
+    return pl.repeat(False, height, dtype=pl.Boolean, eager=True).scatter(rows, True)
 
 
 def _rows(frame: pl.LazyFrame, *, entity: str, kind: str, action: str, reason: pl.Expr,
@@ -544,11 +643,8 @@ def find_mismatches(unified: Mapping[str, pl.LazyFrame], links: pl.LazyFrame, se
     customer = _pairs(app_links, "customer", seq_customers, app_customers, pl.col("_subject"), app_name)
     out.append(customer.rows)
     out.append(field_mismatches(seq_customers, app_customers, customer.pairs, spec.customer_fields,
-                                entity="customer", subject=pl.col("_subject")))
-    unlinked_seq = seq_customers.join(customer.linked_sequence, left_on=["tenant", "id"],
-                                      right_on=["tenant", "sequence_id"], how="anti")
-    unlinked_app = app_customers.join(customer.linked_app, left_on=["tenant", "app", "id"],
-                                      right_on=["tenant", "app", "app_id"], how="anti")
+                                entity="customer", subject=pl.col("_subject"), rows=customer.index))
+    unlinked_seq, unlinked_app = customer.unlinked_sequence, customer.unlinked_app
     candidates = match_candidates(unlinked_seq, unlinked_app, entity="customer", rules=CUSTOMER_MATCHES,
                                   subject=pl.col("_subject"), app_subject=_app_customer_subject())
     out.append(candidates.rows)
@@ -624,14 +720,16 @@ def _document_mismatches(entity: str, side: Callable[[str, str], pl.LazyFrame], 
     out = [docs.rows]
 
     # Status: void and paid.
-    status = settle(docs.pairs
-              .join(seq_docs.select("tenant", pl.col("id").alias("sequence_id"), "_subject",
-                                    pl.col("status").alias("_s_status"), pl.col("payment_status").alias("_s_pay"),
-                                    pl.col("_paid").alias("_s_paid"), "stripe_payment_link"),
-                    on=["tenant", "sequence_id"], how="inner", validate="m:1")
-              .join(app_docs.select("tenant", "app", pl.col("id").alias("app_id"), pl.col("status").alias("_a_status"),
-                                    pl.col("payment_status").alias("_a_pay"), pl.col("_paid").alias("_a_paid")),
-                    on=["tenant", "app", "app_id"], how="inner", validate="m:1"))
+    # each pair's own columns gathered by its row numbers on either side (no join on the string keys)
+    pairs, (si, ai) = docs.pairs.collect(), docs.index
+    status = pl.concat([
+        pairs,
+        seq_docs.select("_subject", pl.col("status").alias("_s_status"), pl.col("payment_status").alias("_s_pay"),
+                        pl.col("_paid").alias("_s_paid"), "stripe_payment_link")
+        .collect(engine="in-memory").select(pl.all().gather(si)),
+        app_docs.select(pl.col("status").alias("_a_status"), pl.col("payment_status").alias("_a_pay"),
+                        pl.col("_paid").alias("_a_paid"))
+        .collect(engine="in-memory").select(pl.all().gather(ai))], how="horizontal").lazy()
     s_void, a_void = pl.col("_s_status") == VOID, pl.col("_a_status") == VOID
     ids = {"sequence_id": pl.col("sequence_id"), "app_id": pl.col("app_id")}
     out.append(_rows(status.filter(s_void & ~a_void), entity=entity, kind="status_differs", action="void_in_app",
@@ -664,13 +762,11 @@ def _document_mismatches(entity: str, side: Callable[[str, str], pl.LazyFrame], 
                                                pl.lit(": record the payment in "), label, pl.lit(".")])))
 
     # Fields and lines of documents neither side voided (a voided QuickBooks invoice keeps its lines at zero).
-    active = settle(docs.pairs
-              .join(seq_docs.filter(pl.col("status") != VOID).select("tenant", pl.col("id").alias("sequence_id")),
-                    on=["tenant", "sequence_id"], how="semi")
-              .join(app_docs.filter(pl.col("status") != VOID).select("tenant", "app", pl.col("id").alias("app_id")),
-                    on=["tenant", "app", "app_id"], how="semi"))
+    unvoided = status.select(((pl.col("_s_status") != VOID) & (pl.col("_a_status") != VOID)).fill_null(False)) \
+        .collect().to_series()
+    active = pairs.filter(unvoided).lazy()
     out.append(field_mismatches(seq_docs, app_docs, active, spec.document_fields, entity=entity,
-                                subject=pl.col("_subject")))
+                                subject=pl.col("_subject"), rows=(si.filter(unvoided), ai.filter(unvoided))))
     out += _line_mismatches(entity, side(line_table, SEQUENCE), side(line_table, app_name), seq_docs, active,
                             tenants, settings, tax_status,
                             app_customers.select("tenant", pl.col("id").alias("expected_customer_id"),
@@ -678,10 +774,7 @@ def _document_mismatches(entity: str, side: Callable[[str, str], pl.LazyFrame], 
                             app_name, spec)
 
     # Records on one side only, and candidates for them.
-    unlinked_seq = seq_docs.join(docs.linked_sequence, left_on=["tenant", "id"], right_on=["tenant", "sequence_id"],
-                                 how="anti")
-    unlinked_app = app_docs.join(docs.linked_app, left_on=["tenant", "app", "id"], right_on=["tenant", "app", "app_id"],
-                                 how="anti")
+    unlinked_seq, unlinked_app = docs.unlinked_sequence, docs.unlinked_app
     candidates = match_candidates(unlinked_seq, unlinked_app, entity=entity, rules=DOCUMENT_MATCHES,
                                   subject=pl.col("_subject"), app_subject=_app_document_subject(entity))
     out.append(candidates.rows)

@@ -1,10 +1,12 @@
 """Benchmark: reconcile N synthetic invoice pairs (Sequence vs QuickBooks) field by field.
 
 Side by side, in one run, from the same two parquet files per size:
-  ledgerlink   the reconcile step's diff: `assets.reconcile.mismatches.field_mismatches` (Polars lazy), called as
-               the reconciliation calls it; the pairs found once (`linked_rows`, hashed keys checked on the real
-               ones) and the records on one side only as the rows no pair names; the files scanned, the keys first
-               and each compared column when its field is compared (`columnwise`), never both inputs whole
+  ledgerlink   the reconcile step's own code (assets/reconcile/mismatches.py), called as `_document_mismatches`
+               calls it, no bench-only path: `_pairs` checks each link (pair, conflict, dangling; records found by
+               row number on one hash of the keys, checked on the real keys), `field_mismatches` compares the
+               pairs by those row numbers, reading each compared column when its field is compared (`columnwise`,
+               its default), and the records on one side only are `_pairs`' unlinked rows; the files scanned, the
+               keys first, never both inputs whole
   DuckDB SQL   plain SQL: full outer join on the link, one UNION ALL branch per field, IS DISTINCT FROM on
                normalised values, reading the parquet files directly with all threads
   DuckDB SQL + pre-check   the same, given the shortcut ledgerlink's diff takes (only pairs whose raw values
@@ -15,10 +17,19 @@ amounts at each side's currency's minor units (CLDR via babel: 2 digits for GBP/
 agree, one null differs; values reported as the reconciliation prints them.
 
 Each contender runs in its own fresh process (--repeat times, interleaved; the fastest run is reported, the
-machine may be shared): wall and CPU seconds as it timed itself, peak RSS as the kernel's high-water mark for that
-process (wait4), engine imports excluded. Reading the two files alone is measured in another process and reported
-apart. Every contender must report exactly the differences the generator planted (per field) and the very same
-rows (key, field, both values as text), or the run fails before printing a figure.
+machine may be shared): wall and CPU seconds as it timed itself (CPU: user + system, every thread), peak RSS as the
+kernel's high-water mark for that process (wait4), engine imports excluded. Reading the two files alone is
+measured in another process and reported apart. Every contender must report exactly the differences the generator
+planted (per field) and the very same rows (key, field, both values as text), or the run fails before printing a
+figure.
+
+Same start for every contender: right before each measured process the two files are read once through (by the
+parent, outside every timing), so each begins with its inputs in the page cache. Without it a later contender
+could read from disk: this VM's kernel pages out file pages left idle for about a minute (DAMON proactive
+reclaim), i.e. during any long contender before it. The JSON records for each run the share of the files cached
+at its start, its major page faults (reads from disk), its system CPU seconds and the load average. At 10M pairs
+the system share is mostly page faults on fresh memory (each engine holds several GiB; in this VM a fault on a
+page the host has taken back costs more than on bare metal): all engines pay it, in proportion to their memory.
 
 Data (Polars expressions, seeded, no numpy): N pairs linked 1:1 by the QuickBooks id; ~1 % only in Sequence
 (unlinked), ~1 % only in QuickBooks, ~5 % differing in one field, spread over every compared field. Noise that
@@ -220,43 +231,47 @@ def ledgerlink_specs() -> list:
 
 
 def run_ledgerlink(sequence_path: Path, quickbooks_path: Path) -> pl.DataFrame:
-    """As the reconcile step runs it (assets/reconcile/mismatches.py, assets.py), from the two files: the pairs of
-    reconcile.links found once (`linked_rows`: row numbers into both sides), `field_mismatches` over them, the
-    records in no pair as the rows those numbers leave out (where the first version ran a semi join and two anti
-    joins on string keys), every column of reconcile.mismatches built (reasons included). The subject naming an
-    invoice in reasons is an expression `field_mismatches` evaluates on the rows that differ (and this on the
-    unpaired ones), as it is meant to be passed: not a column computed for every invoice up front."""
-    from assets.reconcile.mismatches import _document_subject, field_mismatches, linked_rows, unpaired
+    """As the reconcile step runs it (assets/reconcile/mismatches.py: `_document_mismatches`), from the two files:
+    each link of reconcile.links checked by `_pairs` (a pair, a conflict or dangling; its records found by row
+    number on a hash of the keys, checked on the real keys), `field_mismatches` over the pairs' row numbers
+    (`rows`, reading each compared column when its field is compared: `columnwise`, the default), and the records
+    on one side only as `_pairs` gives them (`unlinked_sequence`, `unlinked_app`: the rows no link to a present
+    twin names), every column of reconcile.mismatches built (reasons included). The subject naming an invoice in
+    reasons is an expression evaluated on the rows that differ (and on the unpaired ones), as the reconciliation
+    passes it: not a column computed for every invoice up front. What the reconciliation does beyond a diff (status
+    rules, match candidates, lines) is not part of it, as the peers do none of it."""
+    from assets.reconcile.mismatches import _document_subject, _pairs, field_mismatches
 
     # the subject naming an invoice in reasons, as the reconciliation words it ("Invoice INV-00000042")
     subject = _document_subject("invoice")
     # Both files scanned: the keys (and the number naming an invoice) read first, every compared column when its
-    # field is compared (`columnwise`; projection pushdown decodes each column once), so neither input is ever
-    # held whole, as DuckDB streams them
+    # field is compared (projection pushdown decodes each column once), so neither input is ever held whole, as
+    # DuckDB streams them. The keys' rows are the files' rows, in order: row numbers into one are into the other.
     sequence_scan, app_scan = pl.scan_parquet(sequence_path), pl.scan_parquet(quickbooks_path)
     sequence_keys = sequence_scan.select("tenant", "id", "app_id", "number").collect()
     app_keys = app_scan.select("tenant", "app", "id").collect()
     sequence = pl.concat([sequence_keys.lazy(), sequence_scan.drop(sequence_keys.columns)], how="horizontal")
     app = pl.concat([app_keys.lazy(), app_scan.drop(app_keys.columns)], how="horizontal")
-    # reconcile.links for these invoices (what Sequence stores: its linkedServices); a link pairs where the twin exists
+    # reconcile.links for these invoices (what Sequence stores: its linkedServices)
     links = sequence_keys.lazy().filter(pl.col("app_id").is_not_null()).select(
-        "tenant", pl.lit(APP).alias("app"), pl.col("id").alias("sequence_id"), "app_id")
-    rows = linked_rows(links, sequence_keys, app_keys)
-    fields = field_mismatches(sequence, app, links, ledgerlink_specs(), entity="invoice", subject=subject, rows=rows,
-                              columnwise=True)
+        "tenant", pl.lit(APP).alias("app"), pl.lit("invoice").alias("entity"), pl.col("id").alias("sequence_id"),
+        "app_id", pl.lit("linked_service").alias("method"))
+    pairs = _pairs(links, "invoice", sequence_keys.lazy(), app_keys.lazy(), subject, APP)
+    fields = field_mismatches(sequence, app, pairs.pairs, ledgerlink_specs(), entity="invoice", subject=subject,
+                              rows=pairs.index)
 
-    def one_side(frame: pl.DataFrame, kind: str, sequence_id: pl.Expr, app_id: pl.Expr, reason: pl.Expr):
+    def one_side(frame: pl.LazyFrame, kind: str, sequence_id: pl.Expr, app_id: pl.Expr, reason: pl.Expr):
         none = pl.lit(None, pl.String)
-        return frame.lazy().select(
+        return frame.select(
             "tenant", pl.lit(APP).alias("app"), pl.lit("invoice").alias("entity"), sequence_id.alias("sequence_id"),
             app_id.alias("app_id"), pl.lit(kind).alias("kind"), none.alias("field"), none.alias("sequence_value"),
             none.alias("app_value"), pl.lit("review").alias("proposed_action"), reason.alias("reason"))
 
     return pl.concat([
-        fields,
-        one_side(unpaired(sequence_keys.select("tenant", "id", "number"), rows[0]), "missing_in_app", pl.col("id"),
+        fields, pairs.rows,  # link conflicts and dangling links (none here)
+        one_side(pairs.unlinked_sequence, "missing_in_app", pl.col("id"),
                  pl.lit(None, pl.String), pl.concat_str([subject, pl.lit(" is not in QuickBooks.")])),
-        one_side(unpaired(app_keys.select("tenant", "id"), rows[1]), "missing_in_sequence", pl.lit(None, pl.String),
+        one_side(pairs.unlinked_app, "missing_in_sequence", pl.lit(None, pl.String),
                  pl.col("id"),
                  pl.concat_str([pl.lit("QuickBooks invoice "), pl.col("id"), pl.lit(" is not in Sequence.")])),
     ], how="vertical").collect()
@@ -492,11 +507,58 @@ def child(role: str, work: Path, pairs: int, seed: int) -> dict:
     return timed
 
 
+def cached_share(paths: list[Path]) -> float | None:
+    """The share of the files' pages in the page cache (mmap + mincore, Linux), or None where that cannot be asked."""
+    try:
+        import ctypes
+        import mmap
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        resident = total = 0
+        for path in paths:
+            size = path.stat().st_size
+            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+            vector = (ctypes.c_ubyte * pages)()
+            with path.open("rb") as file:
+                address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, file.fileno(), 0)
+                if address in (None, ctypes.c_void_p(-1).value):
+                    return None
+                try:
+                    if libc.mincore(address, size, vector) != 0:
+                        return None
+                finally:
+                    libc.munmap(address, size)
+            resident += sum(v & 1 for v in bytes(vector))
+            total += pages
+        return resident / total if total else None
+    except (OSError, AttributeError, ValueError):  # not Linux, or no libc to ask: only a figure for the record
+        return None
+
+
+def warm(paths: list[Path]) -> None:
+    """Read the files once through, so the next contender starts with them in the page cache like every other."""
+    for path in paths:
+        with path.open("rb", buffering=0) as file:
+            while file.read(1 << 24):
+                pass
+
+
 def measure(role: str, work: Path, pairs: int, seed: int, timeout: float, memory_limit: int) -> dict:
-    """Run `role` in a fresh interpreter; its wall seconds (as it timed itself) and its peak RSS (kernel
-    high-water mark from wait4, i.e. this child only). Killed past `timeout` or past `memory_limit` bytes."""
+    """Run `role` in a fresh interpreter, its inputs read once just before (the same warm page cache for every
+    contender); its wall seconds (as it timed itself) and its peak RSS (kernel high-water mark from wait4, i.e.
+    this child only). Killed past `timeout` or past `memory_limit` bytes."""
     import psutil
 
+    inputs = [work / "sequence.parquet", work / "quickbooks.parquet"]
+    start = {}
+    if role != "generate":
+        warm(inputs)
+        start = {"cached_at_start": cached_share(inputs), "load_average_at_start": os.getloadavg()[0]}
     result_path = work / f"{role.replace(':', '-')}.json"
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.bench_reconcile", "--child", role, "--work", str(work),
@@ -527,7 +589,10 @@ def measure(role: str, work: Path, pairs: int, seed: int, timeout: float, memory
         return {"not_run": f"stopped: {killed}", "peak_mib": peak_mib}
     if process.returncode != 0:
         raise RuntimeError(f"{role} at {pairs:,} pairs failed (exit {process.returncode})")
-    return {**json.loads(result_path.read_text()), "peak_mib": peak_mib}
+    # the whole process (imports too): where its time went besides computing
+    process_usage = {"process_system_seconds": usage.ru_stime, "process_user_seconds": usage.ru_utime,
+                     "major_page_faults": usage.ru_majflt, "minor_page_faults": usage.ru_minflt}
+    return {**json.loads(result_path.read_text()), "peak_mib": peak_mib, **start, **process_usage}
 
 
 def agreement(work: Path, ran: list[str], expected: dict[str, int]) -> dict[str, int]:
@@ -604,6 +669,12 @@ def print_size(size: dict) -> None:
         print(f"{LABELS[name]:<24}{run['seconds']:>9.2f}{run['cpu_seconds']:>8.1f}{run['peak_mib']:>10,.0f}"
               f"{run['mismatches']:>12,}{run['load_seconds']:>8.2f}{run['load_peak_mib']:>10,.0f}{ratios}")
     print("  (x <peer>: how many times faster than that peer; cpu s: all threads; load: reading both files alone)")
+    for name in ran:
+        run = runs[name]
+        cached = f"{run['cached_at_start']:.0%}" if run.get("cached_at_start") is not None else "?"
+        print(f"  {SHORT[name]}: inputs {cached} in page cache at start, {run['major_page_faults']:,} major page "
+              f"faults, {run['process_system_seconds']:.1f} s system CPU, load average "
+              f"{run['load_average_at_start']:.1f} at start")
     for target, verdict in size["targets"].items():
         print(f"  {target}: {verdict}")
 
@@ -682,7 +753,10 @@ def main(argv: list[str] | None = None) -> None:
                               "peak_mib": max(run["peak_mib"] for run in attempts[name]),
                               "mismatches": best["mismatches"],
                               "load_seconds": loads[name]["seconds"], "load_peak_mib": loads[name]["peak_mib"],
-                              "all_seconds": [run["seconds"] for run in attempts[name]]}
+                              "all_seconds": [run["seconds"] for run in attempts[name]],
+                              **{key: best.get(key) for key in ("cached_at_start", "load_average_at_start",
+                                                                "process_system_seconds", "process_user_seconds",
+                                                                "major_page_faults", "minor_page_faults")}}
             if "pandas" in ran:
                 pandas_runs.append((pairs, runs["pandas"]))
             targets = {}
@@ -712,7 +786,9 @@ def main(argv: list[str] | None = None) -> None:
             "measured": "seconds: wall time from the two parquet files to the mismatch rows in memory, each "
                         "contender in its own process (fastest of `repeat` interleaved runs; cpu_seconds of that "
                         "run, all threads); peak_mib: that process's max RSS (wait4), the largest over the runs; "
-                        "load: reading both files alone into the engine, in another process",
+                        "load: reading both files alone into the engine, in another process; every process "
+                        "starts with both files read once just before (page cache warm for all alike): "
+                        "cached_at_start, major_page_faults and process_system_seconds (whole process) say so",
             "sizes": sizes,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ dangling links; records that failed a contract."""
 from datetime import UTC, datetime
 
 import polars as pl
+import pytest
 
 from assets.reconcile.links import LINKS_SCHEMA, build_links, writeback_links
 
@@ -87,3 +88,40 @@ def test_records_that_failed_a_contract_are_invalid_mismatches(co):
         (QBO, "invalid", "Id", None, None), (QBO, "invalid", "TotalAmt", None, "266"),
         (SEQ, "invalid", "currency", "inv-xyz", None)]  # the cascaded line is its document's problem
     assert all(action == "review" for action in mismatches["proposed_action"])
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_each_link_is_a_pair_a_conflict_or_dangling_by_hashed_keys_checked_on_the_real_ones(monkeypatch, collide):
+    import assets.reconcile.mismatches as mismatches
+
+    if collide:  # every key hashes alike: the m:1 check fails on the hashes and the exact joins decide
+        monkeypatch.setattr(mismatches, "_key_hash", lambda columns: pl.col(columns[0]).hash() & 0)
+    seq = pl.DataFrame({"tenant": ["t1", "t1", "t1", "t1", "t2"], "id": ["s0", "s1", "s2", "s3", "s0"],
+                        "_subject": ["S0", "S1", "S2", "S3", "T2"]})
+    app = pl.DataFrame({"tenant": ["t1", "t1", "t2", "t1"], "app": QBO, "id": ["a0", "a1", "a0", "a9"]})
+    rows = [("t1", "s0", "a0"), ("t1", "s0", "a0"),  # the same link twice is one link
+            ("t1", "s1", "a1"), ("t1", "s2", "a1"),  # two records linked to one twin: a conflict
+            ("t1", "s3", "gone"),  # a twin the app no longer has
+            ("t2", "s0", "a0"),  # another tenant's keys
+            ("t1", "s9", "a9")]  # a record this side does not have: not its link
+    links = pl.DataFrame(rows, schema=["tenant", "sequence_id", "app_id"], orient="row").with_columns(
+        app=pl.lit(QBO), entity=pl.lit("invoice"), method=pl.lit("linked_service"))
+    others = pl.DataFrame({"tenant": ["t1", "t1"], "sequence_id": ["s3", "s3"], "app_id": ["a9", "a9"],
+                           "app": QBO, "entity": ["customer", "invoice"], "method": ["linked_service", "settings"]})
+    found = mismatches._pairs(pl.concat([links, others], how="diagonal").lazy(), "invoice", seq.lazy(), app.lazy(),
+                              pl.col("_subject"), QBO)
+    pairs = found.pairs.collect()
+    assert sorted(pairs.select("tenant", "sequence_id", "app_id").rows()) == [("t1", "s0", "a0"), ("t2", "s0", "a0")]
+    si, ai = found.index  # row numbers into both frames, in the order of `pairs`
+    assert seq[si].select("tenant", "id").rows() == pairs.select("tenant", "sequence_id").rows()
+    assert app[ai].select("tenant", "id").rows() == pairs.select("tenant", "app_id").rows()
+    assert sorted(found.rows.collect().select("kind", "sequence_id", "app_id").rows()) == [
+        ("link_conflict", "s1", "a1"), ("link_conflict", "s2", "a1"), ("missing_in_app", "s3", "gone")]
+    assert "S3 is linked to QuickBooks invoice gone, which QuickBooks does not have" in \
+        found.rows.collect().filter(kind="missing_in_app")["reason"][0]
+    assert sorted(found.linked_sequence.collect().rows()) == [("t1", "s0"), ("t1", "s1"), ("t1", "s2"), ("t2", "s0")]
+    assert found.dangling_sequence.collect().rows() == [("t1", "s3")]
+    assert sorted(found.linked_app.collect().rows()) == [("t1", QBO, "a0"), ("t1", QBO, "a1"), ("t1", QBO, "gone"),
+                                                         ("t2", QBO, "a0")]
+    assert found.unlinked_sequence.collect().select("tenant", "id").rows() == [("t1", "s3")]
+    assert found.unlinked_app.collect().select("tenant", "id").rows() == [("t1", "a9")]
