@@ -8,21 +8,35 @@ from collections import Counter
 import polars as pl
 import pytest
 
+from connectors.sandbox.demo_data import generate
 from tests.assets.writeback._sigkill import FirstRequest, kill_until_done, prepare
 
 SEED = 20250701
-# 13-14 kills land in practice; the floor keeps a wide margin so a faster machine cannot make this flaky
+# 15-20 kills land in practice; the floor keeps a wide margin so a faster machine cannot make this flaky
 MIN_KILLS = 6
-MAX_DELAY = 0.3  # seconds after the process's first request; each killed run gets a little further
+# seconds after the process's first request, now timed to the millisecond in-process (it was timed by polling the
+# request logs over HTTP, which added a growing lag: 0.05-0.3 s then landed about as far as this does now); each
+# killed run gets a little further
+MIN_DELAY, MAX_DELAY = 0.08, 0.6
 SLOW = 0.08  # seconds per emulator request while the kills happen
 APPS = ("quickbooks", "sequence")
+
+
+@pytest.fixture(scope="module")
+def fixture_dir(tmp_path_factory):
+    # the shared data without the CRMs (their exactly-once is test_crm_exactly_once.py's): two tenants, QuickBooks
+    # on both and Xero beside it on one, as many QuickBooks and Sequence writes to kill, a third of the extraction
+    root = tmp_path_factory.mktemp("fixtures_kill")
+    generate(root, invoices=60, seed=3, tenants=2, discrepancies=True, hubspot=False, salesforce=False, attio=False)
+    return root
 
 
 @pytest.fixture(scope="module")
 def killed(extraction):
     planned = prepare(extraction)
     assert planned.filter(pl.col("state") == "planned").height > 30, "the plan should hold the writes to kill"
-    return kill_until_done(extraction, planned, trigger=FirstRequest(extraction.box, APPS), delay=(0.05, MAX_DELAY),
+    return kill_until_done(extraction, planned, trigger=FirstRequest(extraction.box, APPS),
+                           delay=(MIN_DELAY, MAX_DELAY),
                            slow={app: {"delay": SLOW} for app in APPS}, seed=SEED, logged=APPS)
 
 
