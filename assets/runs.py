@@ -21,6 +21,8 @@ SYNC_RUNS_SCHEMA: dict[str, pl.DataType] = {
     "status": pl.String(),  # success | failed
     "rows_loaded": pl.Int64(), "tables": pl.String(),  # JSON: table -> rows loaded by this run
     "error": pl.String(),
+    # a window re-read (assets/extract/window.py): the window [start, end) it re-read; null for other runs
+    "window_start": pl.Datetime("us", "UTC"), "window_end": pl.Datetime("us", "UTC"),
 }
 _DDL = ("create table if not exists ops.sync_runs (run_id varchar, tenant varchar, app varchar, connection varchar, "
         "started_at timestamptz, finished_at timestamptz, status varchar, rows_loaded bigint, tables varchar, "
@@ -36,10 +38,16 @@ def rows_loaded(pipeline: Any) -> dict[str, int]:
 
 
 def record_sync_run(warehouse: Path, *, run_id: str, tenant: str, app: str, started_at: datetime,
-                    status: str, tables: dict[str, int], error: str | None = None) -> None:
+                    status: str, tables: dict[str, int], error: str | None = None,
+                    window: tuple[datetime, datetime] | None = None) -> None:
     row = (run_id, tenant, app, f"{tenant}.{app}", started_at, datetime.now(UTC), status, sum(tables.values()),
-           orjson.dumps(tables).decode(), error)
+           orjson.dumps(tables).decode(), error, *(window or (None, None)))
     with connect(warehouse) as con:
         con.execute("create schema if not exists ops")
         con.execute(_DDL)
-        con.execute("insert into ops.sync_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row))
+        # the window columns came later: a warehouse made before them gains them here
+        con.execute("alter table ops.sync_runs add column if not exists window_start timestamptz")
+        con.execute("alter table ops.sync_runs add column if not exists window_end timestamptz")
+        con.execute("insert into ops.sync_runs (run_id, tenant, app, connection, started_at, finished_at, status, "
+                    "rows_loaded, tables, error, window_start, window_end) "
+                    "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row))

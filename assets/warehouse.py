@@ -192,7 +192,8 @@ def replace_tenant_rows(path: Path, frames: Mapping[str, pl.DataFrame], tenants:
 
 def retire_tenants(path: Path, tables: list[str], keep: list[str]) -> None:
     """Deletes the rows of every tenant not in `keep` from the tables (a run over every tenant of the registry
-    drops the tenants it no longer holds)."""
+    drops the tenants it no longer holds). The registry sensor's retire run (pipelines/retire.py) does it as soon
+    as a tenant or a connection is removed, and also closes their mismatch intervals and withdraws unsent writes."""
     with connect(path) as con:
         con.execute("begin")
         try:

@@ -41,7 +41,21 @@ concurrency:
   pools:
     # DuckDB allows one writing process per file: the `warehouse` pool admits one op at a time.
     default_limit: 1
+    granularity: op
+    # One more run may start while another holds the pool: its process start (importing Dagster, dlt, Polars:
+    # ~8 s here) overlaps that run, and its first step waits for the pool, highest `dagster/priority` first.
+    op_granularity_run_buffer: 1
+run_queue:
+  # a queued run starts within a second (default 5 s): the near-real-time loop queues two runs per change
+  dequeue_interval_seconds: 1
+  dequeue_use_threads: true
+sensors:
+  # the change probes (network) never delay the chaining sensor's tick
+  use_threads: true
+  num_workers: 4
 """
+# What earlier versions wrote: such a file (unedited) is brought up to date, an edited one is left alone.
+_OLD_DAGSTER_YAMLS = (DAGSTER_YAML.split("    granularity: op")[0],)
 
 
 def warehouse_path() -> Path:
@@ -62,7 +76,7 @@ def dagster_home() -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or (DATA / "dagster")).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    if not config.exists() or config.read_text() in _OLD_DAGSTER_YAMLS:
         config.write_text(DAGSTER_YAML)
     return home
 

@@ -20,12 +20,20 @@ rows shift under it). Only records whose fingerprint changed since the last run 
 hard (the record just stops appearing), so a record is deleted from raw_attio only when a sweep that is known to
 be complete did not see it. A sweep that fails midway loads nothing and deletes nothing (the run fails); a sweep
 whose positions kept shifting (SweepIncomplete) loads the records it saw and deletes nothing, with a warning.
+
+Window re-reads (`window=`, assets/extract/window.py): Attio has NO server-side modification filter (no
+`updated_at`, and the query endpoint's filters cannot ask for "changed since"), so a window re-read sweeps each
+object whole and keeps, client side, the records created within the window or holding a current value that became
+active within it (`active_from`). A change that only ended a value (a cleared attribute) leaves no current value
+with that date and is not seen: the next regular sweep's fingerprint catches it. No dlt state (fingerprints) is read
+or written, and nothing is deleted.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import dlt
@@ -34,7 +42,7 @@ from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
 from assets.extract.flatten import _SEP as PATH_SEP  # flatten's key-path separator: `a<SEP>b` -> column a__b
 from assets.extract.flatten import RecordRules, TableShape, frame_to_tables, records_frame
-from assets.extract.loading import CURRENCIES, Progress, emit, log, resource_hints, tombstones
+from assets.extract.loading import CURRENCIES, Progress, Window, emit, log, resource_hints, tombstones
 from connectors.attio import AttioClient, SweepIncomplete, record_id
 
 APP = "attio"
@@ -160,12 +168,64 @@ def _read_object(client: AttioClient | None, tenant: str, obj: str, progress: Pr
              f"{f' ({sweep.restarts} restarts)' if sweep.restarts else ''}, {len(deleted)} deleted")
 
 
+def _instant(value: object) -> datetime | None:
+    """Attio's nanosecond timestamps (`2025-03-02T09:14:11.061281000Z`) as aware instants (to the microsecond)."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:  # Python reads at most 6 fractional digits
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[:min(digits, 6)]}{rest[digits:]}"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def changed_within(record: Mapping[str, Any], window: Window) -> bool:
+    """Created within the window, or one of its current values became active within it."""
+    if window.holds(_instant(record.get("created_at"))):
+        return True
+    values = record.get("values") if isinstance(record.get("values"), Mapping) else {}
+    return any(isinstance(v, dict) and v.get("active_until") is None and window.holds(_instant(v.get("active_from")))
+               for items in values.values() if isinstance(items, list) for v in items)
+
+
+def _read_window(client: AttioClient | None, tenant: str, obj: str, progress: Progress, page_size: int,
+                 window: Window) -> Iterator:
+    if client is None:
+        return
+    attributes = {a["api_slug"]: a for a in client.list_attributes(obj) if isinstance(a, dict) and a.get("api_slug")}
+    shape = object_shape(obj, attributes)
+    swept = changed = 0
+    try:
+        for page in client.sweep(obj, page_size=page_size):
+            swept += len(page)
+            fresh = [flatten_record(r, attributes) for r in page if changed_within(r, window)]
+            if fresh:
+                tables = frame_to_tables(records_frame(fresh), shape, tenant, ATTIO_CURRENCIES)
+                yield from emit(tables, shape, app=APP, tenant=tenant, collection=obj)
+                changed += tables.rows
+    except SweepIncomplete as exc:  # what it saw is loaded; nothing is deleted by a window re-read anyway
+        log.warning("%s %s %s: %s", APP, tenant, obj, exc)
+    progress(f"{APP} {tenant} {obj}: {changed} changed within the window of {swept} swept (window {window}; "
+             "filtered client side: Attio has no modification filter)")
+
+
 @dlt.source(name=APP, max_table_nesting=0)
 def attio_source(client: AttioClient | None = None, tenant: str = "", progress: Progress | None = None,
-                 page_size: int | None = None, full: bool = False):
+                 page_size: int | None = None, full: bool = False, window: Window | None = None):
     """One connection's Attio workspace. Called without a client it only describes the resources. Every run is
-    a complete sweep, so `full` changes nothing (accepted so every source takes the same switch)."""
+    a complete sweep, so `full` changes nothing (accepted so every source takes the same switch); `window` keeps
+    only the records changed in it (client side)."""
     report = progress or (lambda message: log.info(message))
+    if window is not None:
+        for obj in OBJECTS:
+            yield dlt.resource(_read_window(client, tenant, obj, report, page_size or PAGE_SIZE, window), name=obj,
+                               **resource_hints(TableShape(obj)))
+        return
     for obj in OBJECTS:
         yield dlt.resource(_read_object(client, tenant, obj, report, page_size or PAGE_SIZE), name=obj,
                            **resource_hints(TableShape(obj)))

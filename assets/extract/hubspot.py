@@ -15,6 +15,10 @@ cap. Deletes come only from HubSpot's own signal, the `archived=true` listing (a
 or all of them on a sweep), as tombstones that also drop the deal's links. deal_companies is re-read for the
 deals that changed (all deals on a sweep) and replaced whole per deal; a link changed without the deal
 changing shows at the next sweep.
+`window=` (a window re-read, assets/extract/window.py) searches the modification date BETWEEN the window's bounds
+(GTE start, LTE end less 1 ms: HubSpot's own filter, stepping over the search cap the same way), re-reads those
+deals' links, and tombstones the records archived within the window (the archived listing has no date filter: it
+is read whole and filtered here). It neither reads nor moves the cursors.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from assets.extract.loading import (
     CURRENCIES,
     DELETED_COLUMN,
     Progress,
+    Window,
     emit,
     log,
     resource_hints,
@@ -82,8 +87,10 @@ LINKS_MERGE_KEY = "deal_id"
 
 
 class _Reader:
-    def __init__(self, client: HubSpotClient | None, tenant: str, progress: Progress, full: bool = False):
+    def __init__(self, client: HubSpotClient | None, tenant: str, progress: Progress, full: bool = False,
+                 window: Window | None = None):
         self.client = client
+        self.window = window
         self.full = full  # the nightly complete sweep: the listing, whatever the last sweep's age
         self.tenant = tenant
         self.progress = progress
@@ -103,6 +110,9 @@ class _Reader:
         if self.client is None:  # the template source that only describes the assets
             return
         spec = COLLECTIONS[name]
+        if self.window is not None:
+            yield from self._window(name, spec)
+            return
         state = dlt.current.resource_state()
         started = datetime.now(UTC)
         since = _parse(state.get("modified_since"))
@@ -135,6 +145,27 @@ class _Reader:
         if sweep:
             state["swept_at"] = started.isoformat()
         state["last_rows"] = rows
+
+    def _window(self, name: str, spec: Collection) -> Iterator:
+        """The records modified within the window, and those archived within it (no dlt state read or written)."""
+        window = self.window
+        names, numbers = self._properties(spec.object_type)
+        rows = 0
+        # the search's bounds are inclusive milliseconds: the window's end is not in the window
+        for page in self.client.iter_modified_since(spec.object_type, window.start, properties=names,
+                                                    until=window.end - timedelta(milliseconds=1)):
+            if name == "deals":
+                self.deal_ids.extend(str(r.get("id")) for r in page if r.get("id") is not None)
+            loaded = frame_to_tables(records_frame(page), spec.shape, self.tenant, CURRENCIES)
+            _type_numbers(loaded, spec.shape, numbers)
+            yield from emit(loaded, spec.shape, app=APP, tenant=self.tenant, collection=name)
+            rows += loaded.rows
+        deleted = [str(r["id"]) for page in self.client.iter_archived(spec.object_type) for r in page
+                   if window.holds(parse_timestamp(r.get("archivedAt")))]
+        yield from tombstones(spec.shape, self.tenant, deleted)
+        if name == "deals":
+            self.deleted_deals = deleted
+        self.progress(f"{APP} {self.tenant} {name}: {rows} rows, {len(deleted)} archived (window {window})")
 
     def deal_companies(self) -> Iterator:
         if self.client is None:
@@ -186,10 +217,11 @@ def _at_or_after(value: object, since: datetime) -> bool:
 
 @dlt.source(name=APP, max_table_nesting=0)
 def hubspot_source(client: HubSpotClient | None = None, tenant: str = "", progress: Progress | None = None,
-                   full: bool = False):
-    """One connection's HubSpot portal. Called without a client it only describes the resources."""
+                   full: bool = False, window: Window | None = None):
+    """One connection's HubSpot portal. Called without a client it only describes the resources; `window` reads
+    only what changed in it."""
     report = progress or (lambda message: log.info(message))
-    reader = _Reader(client, tenant, report, full)
+    reader = _Reader(client, tenant, report, full, window)
     for name, spec in COLLECTIONS.items():
         yield dlt.resource(reader.collection(name), name=name, **resource_hints(spec.shape))
     # deal_companies reads the deal ids the deals resource found: make_pipeline runs resources in order (fifo)

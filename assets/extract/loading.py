@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -147,8 +148,31 @@ class warehouse_destination(dlt.destinations.duckdb):  # noqa: N801 (dlt names d
         return "dlt.destinations.duckdb"
 
 
-def make_pipeline(app: str, tenant: str, warehouse: Path, state_dir: Path, *, dev_mode: bool = False) -> dlt.Pipeline:
-    """One dlt pipeline per connection: its own incremental state, the shared raw_<app> dataset."""
+@dataclass(frozen=True)
+class Window:
+    """A date window of a window re-read (assets/extract/window.py): records the app changed in [start, end), both
+    timezone-aware. A source given one reads only that window, with the app's own filter where it has one, and
+    neither reads nor writes its incremental cursors."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self):
+        if self.start.tzinfo is None or self.end.tzinfo is None or not self.start < self.end:
+            raise ValueError(f"a window needs timezone-aware start < end, not {self.start!r}, {self.end!r}")
+
+    def holds(self, moment: datetime | None) -> bool:
+        return moment is not None and self.start <= moment < self.end
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+def make_pipeline(app: str, tenant: str, warehouse: Path, state_dir: Path, *, dev_mode: bool = False,
+                  purpose: str | None = None) -> dlt.Pipeline:
+    """One dlt pipeline per connection: its own incremental state, the shared raw_<app> dataset. `purpose`
+    (e.g. "window") names a second pipeline of the connection with a state of its own, so its runs can never
+    move the incremental pipeline's cursors."""
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     # Resources run one after another, in order: Sequence's detail resources read what their parents found.
     os.environ["EXTRACT__NEXT_ITEM_MODE"] = "fifo"
@@ -158,7 +182,7 @@ def make_pipeline(app: str, tenant: str, warehouse: Path, state_dir: Path, *, de
     os.environ["LOAD__TRUNCATE_STAGING_DATASET"] = "true"
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     return dlt.pipeline(
-        pipeline_name=f"{app}__{tenant.replace('-', '_')}",
+        pipeline_name=f"{app}__{tenant.replace('-', '_')}" + (f"__{purpose}" if purpose else ""),
         destination=warehouse_destination(str(warehouse)),
         dataset_name=f"raw_{app}",
         pipelines_dir=str(state_dir / "dlt"),

@@ -6,6 +6,10 @@ cursor older than CDC's 30-day window, falls back to a query on MetaData.LastUpd
 deletes, so it says so). Tax codes and rates are not CDC-able: they are swept whole each run (small).
 `full=True` (the nightly complete sweep) sweeps every entity instead of CDC, and an id we hold that a completed
 sweep of a CDC-able entity did not return was deleted (the cursor still moves: the sweep saw everything).
+`window=` (a window re-read, assets/extract/window.py) reads each CDC-able entity by a query on
+MetaData.LastUpdatedTime within [start, end), QuickBooks' own filter, and leaves the cursors alone; the reference
+entities (tax codes and rates, company info, preferences, exchange rates) are read whole by every run anyway.
+A query cannot see deletes: a window re-read deletes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
 from assets.extract.flatten import (PageTables, RecordRules, TableShape, frame_to_tables, read_records, records_frame,
                                     table_name)
-from assets.extract.loading import CURRENCIES, Progress, emit, log, resource_hints, tombstones
+from assets.extract.loading import CURRENCIES, Progress, Window, emit, log, resource_hints, tombstones
 from connectors.quickbooks import CdcLimitExceeded, QuickBooksClient, format_datetime
 
 APP = "quickbooks"
@@ -105,6 +109,16 @@ def _read_collection(client: QuickBooksClient | None, tenant: str, name: str, pr
     state["last_rows"] = loaded
 
 
+def _read_window(client: QuickBooksClient | None, tenant: str, name: str, progress: Progress,
+                 window: Window) -> Iterator:
+    """The entity's records last updated within the window (no dlt state read or written)."""
+    if client is None:
+        return
+    where = (f"MetaData.LastUpdatedTime >= '{format_datetime(window.start)}' "
+             f"AND MetaData.LastUpdatedTime < '{format_datetime(window.end)}'")
+    yield from _sweep(client, tenant, name, progress, where=where)
+
+
 def _sweep(client: QuickBooksClient, tenant: str, name: str, progress: Progress, *, where: str | None = None,
            seen: set[str] | None = None):
     spec = COLLECTIONS[name]
@@ -148,10 +162,16 @@ def _parse(value: str | None) -> datetime | None:
 
 @dlt.source(name=APP, max_table_nesting=0)
 def quickbooks_source(client: QuickBooksClient | None = None, tenant: str = "", progress: Progress | None = None,
-                      full: bool = False):
+                      full: bool = False, window: Window | None = None):
     """One connection's QuickBooks company. Called without a client it only describes the resources;
-    `full` sweeps instead of CDC (the nightly complete sweep)."""
+    `full` sweeps instead of CDC (the nightly complete sweep); `window` reads only what changed in it."""
     report = progress or (lambda message: log.info(message))
+    if window is not None:
+        for name, spec in COLLECTIONS.items():
+            if spec.cdc:
+                yield dlt.resource(_read_window(client, tenant, name, report, window), name=name,
+                                   **resource_hints(spec.shape))
+        return
     for name, spec in COLLECTIONS.items():
         yield dlt.resource(
             _read_collection(client, tenant, name, report, full), name=name, **resource_hints(spec.shape)

@@ -12,6 +12,9 @@ SystemModstamp seen, kept in dlt state. Rows purged from the recycle bin (hard d
 seen: a connection not extracted for that long keeps them until its state is reset.
 `full=True` (the nightly complete sweep) reads every row with `queryAll` (no cursor filter): live rows are
 upserted, recycle-bin rows become tombstones.
+`window=` (a window re-read, assets/extract/window.py) reads `queryAll … WHERE SystemModstamp >= start AND
+SystemModstamp < end` (Salesforce's own filter): rows changed within the window are upserted, rows deleted within it
+(recycle bin) become tombstones; the cursor is neither read nor moved.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import dlt
 import polars as pl
 
 from assets.extract.flatten import RecordRules, TableShape, frame_to_tables, read_records
-from assets.extract.loading import CURRENCIES, Progress, emit, log, resource_hints, tombstones
+from assets.extract.loading import CURRENCIES, Progress, Window, emit, log, resource_hints, tombstones
 from connectors.salesforce import SalesforceClient, format_datetime, parse_datetime
 
 APP = "salesforce"
@@ -61,14 +64,20 @@ def select_fields(client: SalesforceClient, sobject: str) -> list[str]:
     return names
 
 
-def _read(client: SalesforceClient | None, tenant: str, name: str, progress: Progress, full: bool = False) -> Iterator:
+def _read(client: SalesforceClient | None, tenant: str, name: str, progress: Progress, full: bool = False,
+          window: Window | None = None) -> Iterator:
     if client is None:  # the template source that only describes the assets
         return
     spec = OBJECTS[name]
-    state = dlt.current.resource_state()
+    # a window re-read keeps away from dlt state: the cursor is neither read nor moved
+    state = dlt.current.resource_state() if window is None else {}
     cursor = state.get("cursor")
     soql = f"SELECT {', '.join(select_fields(client, spec.name))} FROM {spec.name}"
-    if cursor and not full:
+    if window is not None:
+        soql += (f" WHERE {CURSOR_FIELD} >= {format_datetime(window.start)}"
+                 f" AND {CURSOR_FIELD} < {format_datetime(window.end)}")
+        how, full = f"window {window}", True  # full: queryAll, so the window's deletes come as tombstones
+    elif cursor and not full:
         since = parse_datetime(cursor) - CURSOR_OVERLAP
         soql += f" WHERE {CURSOR_FIELD} > {format_datetime(since)}"
         how = f"changed since {since:%Y-%m-%d %H:%M}"
@@ -104,9 +113,10 @@ def _read(client: SalesforceClient | None, tenant: str, name: str, progress: Pro
 
 @dlt.source(name=APP, max_table_nesting=0)
 def salesforce_source(client: SalesforceClient | None = None, tenant: str = "", progress: Progress | None = None,
-                      full: bool = False):
+                      full: bool = False, window: Window | None = None):
     """One connection's Salesforce org. Called without a client it only describes the resources; `full` reads
-    every row with queryAll."""
+    every row with queryAll; `window` only the rows changed in it."""
     report = progress or (lambda message: log.info(message))
     for name, spec in OBJECTS.items():
-        yield dlt.resource(_read(client, tenant, name, report, full), name=name, **resource_hints(spec.shape))
+        yield dlt.resource(_read(client, tenant, name, report, full, window), name=name,
+                           **resource_hints(spec.shape))

@@ -5,6 +5,10 @@ invoices and credit notes by `updatedAt` (their lines, groups and payment settin
 those), customers and tax categories (no `updatedAt`) by a fingerprint of the record kept in dlt state.
 Deletes come only from Sequence's own signals: `VOIDED` status and `archivedAt` arrive as ordinary updates.
 `full=True` (the nightly complete sweep) loads every record swept, changed or not (the sweep is the same).
+`window=` (a window re-read, assets/extract/window.py): Sequence has no server-side modification filter, so the
+lists of invoices, credit notes and products are swept and the records whose `updatedAt` lies in the window are
+kept here (client side), with the details of those documents; customers and tax categories carry no `updatedAt`
+and are left out (the nightly complete sweep reloads them). No dlt state is read or written, nothing is deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from assets.extract.loading import (
     CURRENCIES,
     DELETED_COLUMN,
     Progress,
+    Window,
     emit,
     log,
     resource_hints,
@@ -111,8 +116,10 @@ SWEPT_FOR_DELETES = ("invoices", "credit-notes")
 class SequenceReader:
     """Sweeps one Sequence account, remembering which documents changed so their details can be read."""
 
-    def __init__(self, client: SequenceClient | None, tenant: str, progress: Progress, full: bool = False):
+    def __init__(self, client: SequenceClient | None, tenant: str, progress: Progress, full: bool = False,
+                 window: Window | None = None):
         self.client = client
+        self.window = window
         self.full = full
         self.tenant = tenant
         self.progress = progress
@@ -133,6 +140,9 @@ class SequenceReader:
         if self.client is None:
             return
         spec = COLLECTIONS[name]
+        if self.window is not None:
+            yield from self._window(name, spec)
+            return
         state = dlt.current.resource_state()
         started = datetime.now(UTC)
         rows = 0
@@ -154,6 +164,21 @@ class SequenceReader:
             state["updated_since"] = (started - CURSOR_OVERLAP).strftime("%Y-%m-%dT%H:%M:%S")
         self.progress(f"{APP} {self.tenant} {name}: {rows} changed rows"
                       + (f", {len(self.deleted_ids[name])} deleted" if self.deleted_ids.get(name) else ""))
+
+    def _window(self, name: str, spec: Collection) -> Iterator:
+        """The swept records whose updatedAt lies in the window (no dlt state read or written, no deletes)."""
+        rows = swept = 0
+        for records in self._pages(name):
+            swept += len(records)
+            records = [r for r in records if self.window.holds(_instant(r.get("updatedAt")))]
+            if not records:
+                continue
+            if name in self.changed_ids:
+                self.changed_ids[name].extend(str(r["id"]) for r in records if r.get("id"))
+            page = frame_to_tables(records_frame(records), spec.shape, self.tenant, CURRENCIES)
+            yield from emit(page, spec.shape, app=APP, tenant=self.tenant, collection=name)
+            rows += page.rows
+        self.progress(f"{APP} {self.tenant} {name}: {rows} rows of {swept} swept (window {self.window})")
 
     def details(self, name: str) -> Iterator:
         if self.client is None:
@@ -194,6 +219,18 @@ class SequenceReader:
         }[name]
 
 
+def _instant(value: object) -> datetime | None:
+    """Sequence's ISO-8601 `updatedAt` (`Z` or an offset) as an aware instant; None when absent or unreadable (such a
+    record is in no window)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _loaded_ids(table: str, tenant: str) -> set[str]:
     """The ids of a table already in the warehouse for this tenant (none on a first run)."""
     try:
@@ -215,11 +252,13 @@ def _detail_tombstones(shape: TableShape, parent_column: str, tenant: str, paren
 
 @dlt.source(name=APP, max_table_nesting=0)
 def sequence_source(client: SequenceClient | None = None, tenant: str = "", progress: Progress | None = None,
-                    full: bool = False):
+                    full: bool = False, window: Window | None = None):
     """One connection's Sequence account. Called without a client it only describes the resources;
-    `full` loads every record swept, not only the changed ones."""
-    reader = SequenceReader(client, tenant, progress or (lambda message: log.info(message)), full)
+    `full` loads every record swept, not only the changed ones; `window` only those updated in it."""
+    reader = SequenceReader(client, tenant, progress or (lambda message: log.info(message)), full, window)
     for name, spec in COLLECTIONS.items():
+        if window is not None and spec.changed_by != "updatedAt":
+            continue  # no modification date: no way to tell whether it changed in the window
         yield dlt.resource(reader.collection(name), name=name, **resource_hints(spec.shape))
     # Details read the ids their parents found: make_pipeline sets dlt to evaluate resources in order (fifo).
     for name, (_, _, shape) in DETAILS.items():

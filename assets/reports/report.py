@@ -759,6 +759,8 @@ def build_report(inputs: Inputs, *, generated_at: datetime, examples_per_kind: i
     tenant_sources = [table["tenant"], inputs.quarantine["tenant"], inputs.links["tenant"]]
     tenant_sources += [f["tenant"] for f in (connections, history, inputs.sync_runs) if f is not None]
     tenants = sorted(set().union(*(set(s.drop_nulls()) for s in tenant_sources)))
+    if connections is not None:  # a tenant removed from the registry leaves the report (its history stays in SQL)
+        tenants = [t for t in tenants if t in set(connections["tenant"].to_list())]
     if not inputs.reconciled:  # counts alone would read as "everything agrees"
         table = table.clear()
     reasons_frame = (_flagged_kinds(mismatches)

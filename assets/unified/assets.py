@@ -72,10 +72,12 @@ def _tenant_table(counts: dict[str, dict[str, int]]) -> MetadataValue:
 
 
 def build_tenant(warehouse: Path, registry: Registry, tenant: str, detected_at: datetime) -> Build:
-    """One tenant's unified model, from that tenant's raw rows and settings only."""
+    """One tenant's unified model, from that tenant's raw rows and settings only, of the apps it is connected to
+    (the raw rows of a connection removed from the registry are kept as history, never unified again)."""
+    connected = {c.app for c in registry.connections if c.tenant == tenant}
     with connect(warehouse, read_only=True) as con:
-        raw = {app: {table: read_table(con, f"raw_{app}.{table}", tenants=[tenant])
-                     for table in [*module.RAW, REJECTED_TABLE]}
+        raw = {app: {table: read_table(con, f"raw_{app}.{table}", tenants=[tenant]) if app in connected
+                     else pl.DataFrame() for table in [*module.RAW, REJECTED_TABLE]}
                for app, module in APPS.items()}
     # each app maps with its own connection's settings (its tax codes, its custom fields)
     app_settings = {app: {c.tenant: c.settings for c in registry.for_app(app) if c.tenant == tenant} for app in APPS}

@@ -3,7 +3,7 @@ the complete sweep's switch reaching a source (QuickBooks: a sweep instead of CD
 instance config that makes concurrent runs queue on the single DuckDB writer."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pytest
@@ -25,14 +25,22 @@ from assets.quality.asset_checks import QUALITY_CHECKS
 from pipelines import runtime
 from pipelines.definitions import defs
 from pipelines.schedules import (
+    CHAIN_INTERVAL_SECONDS,
+    CHANGE_PRIORITY,
     CHECKS_JOB,
+    PRIORITY_TAG,
     RECONCILE_JOB,
     REPORT_JOB,
+    REPORT_MAX_WAIT,
+    REPORT_MAX_WAIT_CHANGES,
+    REPORT_PRIORITY,
+    REPORT_SETTLE,
     SCHEDULES,
     TRIGGER_TAG,
     follow_up,
     reconcile_after_sync,
 )
+from pipelines.sensors import CHANGE_INTERVAL_SECONDS
 
 REPO = defs.get_repository_def()
 
@@ -46,6 +54,10 @@ def test_each_app_has_an_incremental_and_a_nightly_sweep_schedule_switched_on():
         assert incremental.default_status == sweep.default_status == DefaultScheduleStatus.RUNNING
     assert len(SCHEDULES) == 2 * len(RAW_ASSETS)
     assert reconcile_after_sync.default_status == DefaultSensorStatus.RUNNING
+    # the near-real-time sensors tick on every daemon loop (~5 s); each app's probes keep their own period
+    sensors = {s.name: s for s in REPO.sensor_defs}
+    assert sensors["reconcile_after_sync"].minimum_interval_seconds == CHAIN_INTERVAL_SECONDS <= 5
+    assert sensors["connection_changes"].minimum_interval_seconds == CHANGE_INTERVAL_SECONDS <= 5
     assert {RECONCILE_JOB.name, CHECKS_JOB.name} <= {j.name for j in REPO.get_all_jobs()}
 
 
@@ -120,10 +132,12 @@ def test_each_tenant_reconciles_once_its_own_extractions_have_finished(instance)
     instance.delete_run(run)
     add_run(instance, RECONCILE_JOB.name, DagsterRunStatus.FAILURE, **{"dagster/partition": "acme"})
     add_run(instance, RECONCILE_JOB.name, DagsterRunStatus.SUCCESS, **{"dagster/partition": "globex"})
-    requests, cursor, _, _ = follow_up(instance, cursor)
+    assert follow_up(instance, cursor)[0] == []  # ... and lets them settle (a write-back's echo reconciles again)
+    settled = datetime.now(UTC) + REPORT_SETTLE + timedelta(seconds=2)
+    requests, cursor, _, _ = follow_up(instance, cursor, now=settled)
     assert asked(requests) == [(REPORT_JOB.name, None), (CHECKS_JOB.name, None)]
     assert requests[0].tags["ledgerlink/after"] == "acme,globex"
-    assert follow_up(instance, cursor)[0] == []  # a report is not a reconciliation
+    assert follow_up(instance, cursor, now=settled)[0] == []  # a report is not a reconciliation
     # a new tenant's first sync: its partition is asked for with its run (the registry sensor may be behind)
     add_run(instance, "extract_xero", DagsterRunStatus.SUCCESS, **{"ledgerlink/connection": "initech.xero"})
     requests, cursor, _, add = follow_up(instance, cursor)
@@ -135,13 +149,74 @@ def test_each_tenant_reconciles_once_its_own_extractions_have_finished(instance)
     assert asked(requests) == [(RECONCILE_JOB.name, "initech")] and follow_up(instance, cursor)[0] == []
 
 
+def test_report_and_checks_wait_for_a_quiet_moment_but_not_forever_and_a_change_keeps_its_priority(instance):
+    now = datetime.now(UTC)
+    change = {"ledgerlink/connection": "acme.quickbooks", PRIORITY_TAG: CHANGE_PRIORITY}
+    other_change = add_run(instance, "extract_sequence", DagsterRunStatus.STARTED,
+                           **{"ledgerlink/connection": "acme.sequence", PRIORITY_TAG: CHANGE_PRIORITY})
+    add_run(instance, "extract_quickbooks", DagsterRunStatus.SUCCESS, **change)
+    add_run(instance, "extract_quickbooks", DagsterRunStatus.SUCCESS, **{"ledgerlink/connection": "globex.quickbooks"})
+    requests, cursor, why, _ = follow_up(instance, None, now=now)
+    assert asked(requests) == [(RECONCILE_JOB.name, "globex")] and "acme: extraction still" in why
+    # acme's other change in flight is done; its 15-minute round has started meanwhile: the change's
+    # reconciliation does not wait for that round (it reconciles again after it), and goes ahead in the queue
+    instance.delete_run(other_change)
+    add_run(instance, "extract_sequence", DagsterRunStatus.SUCCESS,
+            **{"ledgerlink/connection": "acme.sequence", PRIORITY_TAG: CHANGE_PRIORITY})
+    round_ = add_run(instance, "extract_quickbooks", DagsterRunStatus.STARTED,
+                     **{"ledgerlink/connection": "acme.quickbooks", TRIGGER_TAG: "schedule"})
+    requests, cursor, _, _ = follow_up(instance, cursor, now=now)
+    assert asked(requests) == [(RECONCILE_JOB.name, "acme")] and requests[0].tags[PRIORITY_TAG] == CHANGE_PRIORITY
+    assert requests[0].tags["ledgerlink/after"] == "acme.quickbooks,acme.sequence"
+    instance.delete_run(round_)
+    add_run(instance, "extract_quickbooks", DagsterRunStatus.SUCCESS,
+            **{"ledgerlink/connection": "acme.quickbooks", TRIGGER_TAG: "schedule"})
+    requests, cursor, _, _ = follow_up(instance, cursor, now=now)
+    assert asked(requests) == [(RECONCILE_JOB.name, "acme")] and PRIORITY_TAG not in requests[0].tags
+    add_run(instance, RECONCILE_JOB.name, DagsterRunStatus.SUCCESS, **{"dagster/partition": "acme"})
+    add_run(instance, RECONCILE_JOB.name, DagsterRunStatus.SUCCESS, **{"dagster/partition": "globex"})
+    # a scheduled extraction is under way: the report (which holds the pool) waits for a quiet moment ...
+    scheduled = add_run(instance, "extract_sequence", DagsterRunStatus.STARTED,
+                        **{"ledgerlink/connection": "acme.sequence"})
+    requests, waited, why, _ = follow_up(instance, cursor, now=now)
+    assert requests == [] and "quiet moment" in why
+    # ... but not longer than REPORT_MAX_WAIT after the first reconciliation it has not reported
+    late = follow_up(instance, cursor, now=now + REPORT_MAX_WAIT + timedelta(seconds=5))[0]
+    assert asked(late) == [(REPORT_JOB.name, None), (CHECKS_JOB.name, None)]
+    assert {r.tags[PRIORITY_TAG] for r in late} == {REPORT_PRIORITY}
+    # a change's run in flight: the report would delay its chain; it waits for it up to REPORT_MAX_WAIT_CHANGES
+    change = add_run(instance, "extract_quickbooks", DagsterRunStatus.STARTING,
+                     **{"ledgerlink/connection": "globex.quickbooks", PRIORITY_TAG: CHANGE_PRIORITY})
+    assert follow_up(instance, cursor, now=now + REPORT_MAX_WAIT + timedelta(seconds=5))[0] == []
+    assert asked(follow_up(instance, cursor, now=now + REPORT_MAX_WAIT_CHANGES + timedelta(seconds=5))[0]) == [
+        (REPORT_JOB.name, None), (CHECKS_JOB.name, None)]
+    instance.delete_run(scheduled)  # quiet again, once settled: the report and the checks follow
+    instance.delete_run(change)
+    assert follow_up(instance, waited, now=now)[0] == []
+    settled = now + REPORT_SETTLE + timedelta(seconds=2)
+    requests, cursor, _, _ = follow_up(instance, waited, now=settled)
+    assert asked(requests) == [(REPORT_JOB.name, None), (CHECKS_JOB.name, None)]
+    assert requests[0].tags["ledgerlink/after"] == "acme,globex" and follow_up(instance, cursor, now=settled)[0] == []
+
+
 def test_the_dagster_home_written_for_dev_limits_the_warehouse_pool_to_one(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     home = runtime.dagster_home()
     assert home == (tmp_path / "dagster").resolve() and (home / "dagster.yaml").exists()
     with DagsterInstance.from_config(str(home)) as instance:
-        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "op"
+        assert pools.op_granularity_run_buffer == 1  # the next run's process starts while one holds the pool
+        assert instance.run_coordinator.dequeue_interval_seconds == 1 and instance.run_coordinator.dequeue_use_threads
+        assert instance.get_settings("sensors")["use_threads"]  # slow probes never delay the chaining sensor
         assert instance.is_persistent
+    # a dagster.yaml an older version wrote is brought up to date; one a person edited is left alone
+    (home / "dagster.yaml").write_text(runtime._OLD_DAGSTER_YAMLS[0])
+    runtime.dagster_home()
+    assert (home / "dagster.yaml").read_text() == runtime.DAGSTER_YAML
+    (home / "dagster.yaml").write_text(runtime._OLD_DAGSTER_YAMLS[0] + "# mine\n")
+    runtime.dagster_home()
+    assert (home / "dagster.yaml").read_text().endswith("# mine\n")
 
 
 def test_the_complete_sweep_tag_makes_quickbooks_sweep_and_see_a_delete(extraction):

@@ -1,12 +1,16 @@
 """A backfill launched from the real Dagster UI, end to end: `dagster dev` (webserver + daemon, which a backfill
 needs) on the sandbox, driven by Debian's Chromium through Playwright (headless), as an operator would.
 
-Partitions are dynamic, one per connection `<tenant>.<app>` (`<app>_connections`, assets/partitions.py); there
-is no time dimension, so there is no date window to choose. Covered: the extraction job's asset graph, its
+Extraction partitions are dynamic, one per connection `<tenant>.<app>` (`<app>_connections`,
+assets/partitions.py). Covered: the extraction job's asset graph, its
 "Materialize all" dialog, where "All" selects every tenant of that app (asserted against the registry) and
 "Custom" a subset; the subset (two of three tenants) is launched as a backfill and must succeed on the
 backfill page, whose screenshot is kept. Then the instance must hold one successful run per chosen partition
 and the warehouse the extracted rows of exactly those tenants (the third stays untouched).
+
+Then a date window (assets/extract/window.py: daily partitions, single-run backfill policy): the `window_backfill`
+job's asset graph, "Materialize all", a range typed in the partition picker, one run for the whole range, shown as
+succeeded (screenshot kept); the tenant left untouched above then holds exactly its records changed in the window.
 
 Only the subset is executed: every partition is a run of its own (a run worker and, with the multiprocess
 executor, a step worker: two interpreters importing the code location) and their steps take the `warehouse`
@@ -333,3 +337,110 @@ def test_a_backfill_launched_from_the_asset_graph_succeeds_for_the_chosen_tenant
             if key in wanted:
                 assert count("invoice", tenant) > 0
     print(f"UI backfill timings: {', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A date-window re-read (assets/extract/window.py), launched the same way
+# ----------------------------------------------------------------------------------------------------------
+
+WINDOW_JOB = "window_backfill"
+WINDOW_FIRST, WINDOW_LAST = "2025-06-01", "2025-06-15"  # the demo data's changes fall in May-June 2025
+WINDOW_COLLECTIONS = ("invoice", "customer", "item", "payment", "creditmemo", "account")
+
+
+def changed_in_window(fixtures: Path, tenant: str, collection: str) -> int:
+    """Records of a fixture whose MetaData.LastUpdatedTime (UTC) falls on a day of the window."""
+    from datetime import UTC, datetime
+
+    path = fixtures / tenant / APP / f"{collection}.json"
+    records = orjson.loads(path.read_bytes()) if path.exists() else []
+    days = [datetime.fromisoformat(r["MetaData"]["LastUpdatedTime"]).astimezone(UTC).date().isoformat()
+            for r in records]
+    return sum(WINDOW_FIRST <= day <= WINDOW_LAST for day in days)
+
+
+def launch_window_backfill(page, dev: DagsterDev, tmp_path: Path, days: int) -> str:
+    """The window job's asset graph -> "Materialize all" -> the range typed in the partition picker -> launch."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{dev.url}/locations/{LOCATION}/jobs/{WINDOW_JOB}")
+    dismiss_modal(page)
+    page.get_by_text(f"window_{APP}", exact=True).first.wait_for()
+    page.get_by_role("button", name=re.compile(r"\bMaterialize\b")).first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text(re.compile("Partition selection", re.I)).first.wait_for()
+    # the dialog offers only the last 90 days at first; the window may be older
+    show_all = dialog.get_by_text("Show all partitions", exact=True)
+    with contextlib.suppress(Exception):  # the notice comes with the partition keys, or not at all
+        show_all.first.wait_for(timeout=20_000)
+    if show_all.count():
+        show_all.first.click()
+        expect(show_all).to_have_count(0)
+    # the partition picker's text input takes ranges as Dagster writes them: [first...last]
+    range_input = dialog.locator("input[data-testid='dimension-range-input'], "
+                                 "[data-testid='dimension-range-input'] input")
+    if not range_input.count():
+        range_input = dialog.locator("input[type='text'], input:not([type])")
+    range_input.first.fill(f"[{WINDOW_FIRST}...{WINDOW_LAST}]")
+    range_input.first.press("Enter")
+    dialog.get_by_text(re.compile(rf"\b{days} partitions\b")).first.wait_for()
+    page.screenshot(path=str(tmp_path / "window_launch_dialog.png"))
+    before = {b["id"] for b in dev.graphql(BACKFILLS_QUERY)["partitionBackfillsOrError"]["results"]}
+    dialog.get_by_role("button", name=re.compile(r"Launch.*backfill", re.I)).click()
+    return launched_backfill_id(page, dev, before)
+
+
+def test_a_date_window_backfill_launched_from_the_asset_graph_rereads_that_window(stack, page, tmp_path):
+    """The `window_backfill` job's asset graph (one window asset per app), "Materialize all", a date range typed in
+    the partition picker, launched as ONE run (single-run backfill policy), shown as succeeded. The tenant the first
+    test left empty then holds exactly its records changed within the window; the sync history has the window."""
+    from datetime import UTC, datetime
+
+    from dagster import DagsterRunStatus, RunsFilter
+
+    dev, registry = stack["dev"], stack["registry"]
+    every = sorted(registry.keys(APP))
+    days = 15
+    started = time.monotonic()
+    try:
+        backfill_id = launch_window_backfill(page, dev, tmp_path, days)
+    except Exception:  # what the page showed, for whoever reads the failure
+        page.screenshot(path=str(tmp_path / "window_failure.png"), full_page=True)
+        (tmp_path / "window_failure.html").write_text(page.content())
+        print(f"page at failure: {tmp_path / 'window_failure.png'}")
+        raise
+    ui = time.monotonic() - started
+
+    state = wait_for_success_on_page(page, dev, backfill_id, BACKFILL_TIMEOUT)
+    assert state["numPartitions"] == days, state
+    shot = tmp_path / "window_backfill_succeeded.png"
+    page.screenshot(path=str(shot), full_page=True)
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000, len(data)
+    if os.environ.get("LEDGERLINK_UI_WINDOW_SCREENSHOT"):  # a copy for people to look at
+        target = Path(os.environ["LEDGERLINK_UI_WINDOW_SCREENSHOT"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
+
+    # single-run policy: the whole range is one run
+    runs = stack["instance"].get_runs(filters=RunsFilter.for_backfill(backfill_id))
+    assert len(runs) == 1 and runs[0].status == DagsterRunStatus.SUCCESS, [(r.run_id, r.status) for r in runs]
+    assert (runs[0].tags.get("dagster/asset_partition_range_start"),
+            runs[0].tags.get("dagster/asset_partition_range_end")) == (WINDOW_FIRST, WINDOW_LAST)
+
+    with duckdb.connect(str(stack["warehouse"]), read_only=True) as con:
+        # the tenant the first test did not extract: exactly what changed in the window, nothing else
+        untouched = every[-1].rsplit(".", 1)[0]
+        expected = {c: changed_in_window(stack["fixtures"], untouched, c) for c in WINDOW_COLLECTIONS}
+        assert 0 < sum(expected.values()) < sum(fixture_count(stack["fixtures"], untouched, c)
+                                                for c in WINDOW_COLLECTIONS)
+        for collection, count in expected.items():
+            found = con.execute(f"select count(*) from raw_{APP}.{collection} where tenant = ?",
+                                [untouched]).fetchone()[0]
+            assert found == count, (collection, found, count)
+        history = con.execute("select connection, status, window_start, window_end from ops.sync_runs "
+                              "where run_id = ?", [runs[0].run_id]).fetchall()
+    assert sorted(h[0] for h in history) == every
+    assert {h[1] for h in history} == {"success"}
+    assert {(h[2], h[3]) for h in history} == {(datetime(2025, 6, 1, tzinfo=UTC), datetime(2025, 6, 16, tzinfo=UTC))}
+    print(f"UI window backfill: ui {ui:.1f} s, backfill {time.monotonic() - started - ui:.1f} s")
