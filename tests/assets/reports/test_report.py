@@ -177,7 +177,7 @@ def test_the_report_is_one_self_contained_page_under_the_warehouse_folder(plante
 def no_charts(monkeypatch):
     """For tests about numbers and files, not drawings: every chart costs vl-convert a third of a second (the page
     test and the browser test draw them all)."""
-    monkeypatch.setattr("assets.reports.assets.draw_charts", lambda report: {})
+    monkeypatch.setattr("assets.reports.charts.draw_charts", lambda report: {})
 
 
 def test_the_dagster_asset_writes_the_page_and_reports_counts_as_metadata(planted, registry_path, tmp_path,
