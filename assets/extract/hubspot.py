@@ -127,12 +127,7 @@ class _Reader:
             how = f"modified since {since:%Y-%m-%d %H:%M}"
         rows = 0
         for page in pages:
-            if name == "deals":
-                self.deal_ids.extend(str(r.get("id")) for r in page if r.get("id") is not None)
-            loaded = frame_to_tables(records_frame(page), spec.shape, self.tenant, CURRENCIES)
-            _type_numbers(loaded, spec.shape, numbers)
-            yield from emit(loaded, spec.shape, app=APP, tenant=self.tenant, collection=name)
-            rows += loaded.rows
+            rows += yield from self._load(name, spec, page, numbers)
         archived_since = None if sweep else since
         deleted = [str(r["id"]) for page in self.client.iter_archived(spec.object_type) for r in page
                    if archived_since is None or _at_or_after(r.get("archivedAt"), archived_since)]
@@ -146,6 +141,15 @@ class _Reader:
             state["swept_at"] = started.isoformat()
         state["last_rows"] = rows
 
+    def _load(self, name: str, spec: Collection, page: list[dict], numbers: set[str]) -> Iterator:
+        """One page of records to dlt (deal ids kept for their associations); returns its row count."""
+        if name == "deals":
+            self.deal_ids.extend(str(r.get("id")) for r in page if r.get("id") is not None)
+        loaded = frame_to_tables(records_frame(page), spec.shape, self.tenant, CURRENCIES)
+        _type_numbers(loaded, spec.shape, numbers)
+        yield from emit(loaded, spec.shape, app=APP, tenant=self.tenant, collection=name)
+        return loaded.rows
+
     def _window(self, name: str, spec: Collection) -> Iterator:
         """The records modified within the window, and those archived within it (no dlt state read or written)."""
         window = self.window
@@ -154,12 +158,7 @@ class _Reader:
         # the search's bounds are inclusive milliseconds: the window's end is not in the window
         for page in self.client.iter_modified_since(spec.object_type, window.start, properties=names,
                                                     until=window.end - timedelta(milliseconds=1)):
-            if name == "deals":
-                self.deal_ids.extend(str(r.get("id")) for r in page if r.get("id") is not None)
-            loaded = frame_to_tables(records_frame(page), spec.shape, self.tenant, CURRENCIES)
-            _type_numbers(loaded, spec.shape, numbers)
-            yield from emit(loaded, spec.shape, app=APP, tenant=self.tenant, collection=name)
-            rows += loaded.rows
+            rows += yield from self._load(name, spec, page, numbers)
         deleted = [str(r["id"]) for page in self.client.iter_archived(spec.object_type) for r in page
                    if window.holds(parse_timestamp(r.get("archivedAt")))]
         yield from tombstones(spec.shape, self.tenant, deleted)

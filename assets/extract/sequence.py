@@ -150,11 +150,7 @@ class SequenceReader:
         for records in _changed(self._pages(name), spec, state, swept, self.full):
             if not records:
                 continue
-            if name in self.changed_ids:
-                self.changed_ids[name].extend(str(r["id"]) for r in records if r.get("id"))
-            page = frame_to_tables(records_frame(records), spec.shape, self.tenant, CURRENCIES)
-            yield from emit(page, spec.shape, app=APP, tenant=self.tenant, collection=name)
-            rows += page.rows
+            rows += yield from self._load(name, spec, records)
         if name in SWEPT_FOR_DELETES:
             # reached only when every page was read: a complete sweep, so an id we hold and it lacks was deleted
             deleted = sorted(_loaded_ids(spec.shape.table, self.tenant) - swept)
@@ -165,6 +161,14 @@ class SequenceReader:
         self.progress(f"{APP} {self.tenant} {name}: {rows} changed rows"
                       + (f", {len(self.deleted_ids[name])} deleted" if self.deleted_ids.get(name) else ""))
 
+    def _load(self, name: str, spec: Collection, records: list[dict]) -> Iterator:
+        """One page of records to dlt (their ids kept where details follow); returns its row count."""
+        if name in self.changed_ids:
+            self.changed_ids[name].extend(str(r["id"]) for r in records if r.get("id"))
+        page = frame_to_tables(records_frame(records), spec.shape, self.tenant, CURRENCIES)
+        yield from emit(page, spec.shape, app=APP, tenant=self.tenant, collection=name)
+        return page.rows
+
     def _window(self, name: str, spec: Collection) -> Iterator:
         """The swept records whose updatedAt lies in the window (no dlt state read or written, no deletes)."""
         rows = swept = 0
@@ -173,11 +177,7 @@ class SequenceReader:
             records = [r for r in records if self.window.holds(_instant(r.get("updatedAt")))]
             if not records:
                 continue
-            if name in self.changed_ids:
-                self.changed_ids[name].extend(str(r["id"]) for r in records if r.get("id"))
-            page = frame_to_tables(records_frame(records), spec.shape, self.tenant, CURRENCIES)
-            yield from emit(page, spec.shape, app=APP, tenant=self.tenant, collection=name)
-            rows += page.rows
+            rows += yield from self._load(name, spec, records)
         self.progress(f"{APP} {self.tenant} {name}: {rows} rows of {swept} swept (window {self.window})")
 
     def details(self, name: str) -> Iterator:
