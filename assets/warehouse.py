@@ -87,6 +87,18 @@ def wait_for_warehouse(open_: Callable[[], _T], path: Path | str, *, read_only: 
 
 
 @contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction: committed when the block ends, rolled back (and re-raised) when it raises."""
+    con.execute("begin")
+    try:
+        yield
+    except BaseException:
+        con.execute("rollback")
+        raise
+    con.execute("commit")
+
+
+@contextlib.contextmanager
 def connect(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     if read_only and not Path(path).exists():
         raise FileNotFoundError(f"warehouse {path} does not exist; run the extraction first (make demo)")
@@ -133,18 +145,11 @@ def replace_table(con: duckdb.DuckDBPyConnection, qualified: str, frame: pl.Data
 
 def replace_tables(path: Path, frames: Mapping[str, pl.DataFrame]) -> dict[str, int]:
     """Replaces several tables in one transaction: readers see all of them change, or none."""
-    with connect(path) as con:
-        con.execute("begin")
-        try:
-            counts = {name: replace_table(con, name, frame) for name, frame in frames.items()}
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
-    return counts
+    with connect(path) as con, transaction(con):
+        return {name: replace_table(con, name, frame) for name, frame in frames.items()}
 
 
-def _columns(con: duckdb.DuckDBPyConnection, qualified: str) -> list[str]:
+def table_columns(con: duckdb.DuckDBPyConnection, qualified: str) -> list[str]:
     schema, table = qualified.split(".")
     return [r[0] for r in con.execute("select column_name from information_schema.columns where table_schema = ? "
                                       "and table_name = ? order by ordinal_position", [schema, table]).fetchall()]
@@ -161,7 +166,7 @@ def replace_tenant_table(con: duckdb.DuckDBPyConnection, qualified: str, frame: 
         return 0
     con.register("_ledgerlink_frame", frame.to_arrow())
     try:
-        if set(frame.columns) <= set(_columns(con, qualified)):
+        if set(frame.columns) <= set(table_columns(con, qualified)):
             con.execute(f"delete from {qualified} where tenant in (select unnest(?))", [tenants])
             con.execute(f"insert into {qualified} by name select * from _ledgerlink_frame")
         else:  # the model gained a column since the table was written: rewrite it with the new shape
@@ -177,30 +182,18 @@ def replace_tenant_rows(path: Path, frames: Mapping[str, pl.DataFrame], tenants:
                         append: Mapping[str, pl.DataFrame] | None = None) -> dict[str, int]:
     """Replaces the rows of `tenants` in several shared tables in one transaction: readers see all of them change,
     or none, and the other tenants' rows are untouched. `append`: tables whose rows are added to (a history)."""
-    with connect(path) as con:
-        con.execute("begin")
-        try:
-            counts = {name: replace_tenant_table(con, name, frame, list(tenants)) for name, frame in frames.items()}
-            # replacing no tenant's rows is appending
-            counts.update({name: replace_tenant_table(con, name, frame, []) for name, frame in (append or {}).items()})
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
-    return counts
+    with connect(path) as con, transaction(con):
+        counts = {name: replace_tenant_table(con, name, frame, list(tenants)) for name, frame in frames.items()}
+        # replacing no tenant's rows is appending
+        counts.update({name: replace_tenant_table(con, name, frame, []) for name, frame in (append or {}).items()})
+        return counts
 
 
 def retire_tenants(path: Path, tables: list[str], keep: list[str]) -> None:
     """Deletes the rows of every tenant not in `keep` from the tables (a run over every tenant of the registry
     drops the tenants it no longer holds). The registry sensor's retire run (pipelines/retire.py) does it as soon
     as a tenant or a connection is removed, and also closes their mismatch intervals and withdraws unsent writes."""
-    with connect(path) as con:
-        con.execute("begin")
-        try:
-            for name in tables:
-                if table_exists(con, name):
-                    con.execute(f"delete from {name} where tenant not in (select unnest(?))", [list(keep)])
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
+    with connect(path) as con, transaction(con):
+        for name in tables:
+            if table_exists(con, name):
+                con.execute(f"delete from {name} where tenant not in (select unnest(?))", [list(keep)])

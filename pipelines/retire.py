@@ -37,8 +37,10 @@ from dagster import Field, MetadataValue, OpExecutionContext, Out, Output, RunRe
 from assets.reconcile.assets import LINKS_TABLE, LOG_TABLE, MISMATCHES_TABLE
 from assets.resources import Ledgerlink
 from assets.unified.assets import UNIFIED_TABLES
-from assets.warehouse import WAREHOUSE_POOL, connect, table_exists
+from assets.partitions import tenant_of
+from assets.warehouse import WAREHOUSE_POOL, connect, table_columns, table_exists, transaction
 from assets.writeback.outbox import OUTBOX_TABLE
+from pipelines.schedules import PRIORITY_TAG
 
 RETIRE_JOB_NAME = "retire_removed_connections"
 REMOVED_TAG = "ledgerlink/removed"  # what the registry lost, as the sensor saw it
@@ -46,12 +48,6 @@ RETIRE_PRIORITY = "20"
 # tables of current state: a removed tenant's or connection's rows leave them
 CURRENT_TABLES = (*UNIFIED_TABLES, LINKS_TABLE, MISMATCHES_TABLE, "reconcile.quarantine")
 REGISTRY = "removed from the registry (connections.yaml)"
-
-
-def _columns(con, qualified: str) -> set[str]:
-    schema, table = qualified.split(".")
-    return {r[0] for r in con.execute("select column_name from information_schema.columns where table_schema = ? "
-                                      "and table_name = ?", [schema, table]).fetchall()}
 
 
 def _gone(columns: Iterable[str]) -> str:
@@ -78,37 +74,34 @@ def retire(warehouse: Path, connections: Iterable[tuple[str, str]], at: datetime
     counts: dict[str, int] = {}
     with connect(warehouse) as con:
         con.register("_kept", kept.to_arrow())
-        con.execute("begin")
         try:
-            for name in CURRENT_TABLES:
-                columns = _columns(con, name) if table_exists(con, name) else set()
-                if "tenant" in columns:
-                    where = _gone(["app"] if "app" in columns else [])
-                    counts[f"{name} deleted"] = con.execute(f"delete from {name} t where {where}").fetchall()[0][0]
-            if table_exists(con, LOG_TABLE):
-                # closed at the removal, never before the interval opened (a run may have reopened it since)
-                counts[f"{LOG_TABLE} closed"] = con.execute(
-                    f"update {LOG_TABLE} t set valid_to = greatest(t.valid_from, ?::timestamptz), "
-                    f"reason = concat_ws(' ', t.reason, {_why('Closed:', 't.app')}) "
-                    f"where t.valid_to is null and {_gone(['app'])}", [at]).fetchall()[0][0]
-            if table_exists(con, OUTBOX_TABLE):
-                gone = _gone(["app", "counterpart_app"])
-                # the app of the pair that was removed: the write's own, else its counterpart
-                app = ("case when exists (select 1 from _kept k where k.tenant = t.tenant and k.app = t.app) "
-                       "then t.counterpart_app else t.app end")
-                counts[f"{OUTBOX_TABLE} withdrawn"] = con.execute(
-                    f"update {OUTBOX_TABLE} t set state = 'skipped', "
-                    f"error = {_why('withdrawn, never sent:', app)} "
-                    f"where t.state = 'planned' and t.request_id is null and {gone}").fetchall()[0][0]
-                # may have reached the app: left as they are (they resume if the connection comes back)
-                counts[f"{OUTBOX_TABLE} in flight, left"] = con.execute(
-                    f"select count(*) from {OUTBOX_TABLE} t where (t.state = 'sent' or (t.state = 'failed' and "
-                    f"coalesce(t.retriable, false)) or (t.state = 'planned' and t.request_id is not null)) "
-                    f"and {gone}").fetchall()[0][0]
-            con.execute("commit")
-        except Exception:
-            con.execute("rollback")
-            raise
+            with transaction(con):
+                for name in CURRENT_TABLES:
+                    columns = set(table_columns(con, name)) if table_exists(con, name) else set()
+                    if "tenant" in columns:
+                        where = _gone(["app"] if "app" in columns else [])
+                        deleted = con.execute(f"delete from {name} t where {where}").fetchall()
+                        counts[f"{name} deleted"] = deleted[0][0]
+                if table_exists(con, LOG_TABLE):
+                    # closed at the removal, never before the interval opened (a run may have reopened it since)
+                    counts[f"{LOG_TABLE} closed"] = con.execute(
+                        f"update {LOG_TABLE} t set valid_to = greatest(t.valid_from, ?::timestamptz), "
+                        f"reason = concat_ws(' ', t.reason, {_why('Closed:', 't.app')}) "
+                        f"where t.valid_to is null and {_gone(['app'])}", [at]).fetchall()[0][0]
+                if table_exists(con, OUTBOX_TABLE):
+                    gone = _gone(["app", "counterpart_app"])
+                    # the app of the pair that was removed: the write's own, else its counterpart
+                    app = ("case when exists (select 1 from _kept k where k.tenant = t.tenant and k.app = t.app) "
+                           "then t.counterpart_app else t.app end")
+                    counts[f"{OUTBOX_TABLE} withdrawn"] = con.execute(
+                        f"update {OUTBOX_TABLE} t set state = 'skipped', "
+                        f"error = {_why('withdrawn, never sent:', app)} "
+                        f"where t.state = 'planned' and t.request_id is null and {gone}").fetchall()[0][0]
+                    # may have reached the app: left as they are (they resume if the connection comes back)
+                    counts[f"{OUTBOX_TABLE} in flight, left"] = con.execute(
+                        f"select count(*) from {OUTBOX_TABLE} t where (t.state = 'sent' or (t.state = 'failed' and "
+                        f"coalesce(t.retriable, false)) or (t.state = 'planned' and t.request_id is not null)) "
+                        f"and {gone}").fetchall()[0][0]
         finally:
             con.unregister("_kept")
     return counts
@@ -154,7 +147,7 @@ def retire_requests(wanted: Mapping[str, set[str]], have: Mapping[str, set[str]]
     gone_tenants = sorted(have_tenants - tenants)
     if not gone_keys and not gone_tenants:
         return []
-    removed = [*gone_tenants, *(k for k in gone_keys if k.rsplit(".", 1)[0] not in gone_tenants)]
+    removed = [*gone_tenants, *(k for k in gone_keys if tenant_of(k) not in gone_tenants)]
     when = at.astimezone(UTC).isoformat()
     what = ",".join(removed)
     requests = [RunRequest(job_name=RETIRE_JOB_NAME, run_key=f"retire:{when}:{what}",
@@ -162,9 +155,9 @@ def retire_requests(wanted: Mapping[str, set[str]], have: Mapping[str, set[str]]
                            # ahead of every queued run, a change's too (pipelines/schedules.py CHANGE_PRIORITY):
                            # the retirement lands before a reconciliation of the same tenant, which would close
                            # the same intervals without saying why; it is one short op
-                           tags={REMOVED_TAG: what[:4000], "dagster/priority": RETIRE_PRIORITY})]
-    staying = sorted({k.rsplit(".", 1)[0] for k in gone_keys} & tenants)
+                           tags={REMOVED_TAG: what[:4000], PRIORITY_TAG: RETIRE_PRIORITY})]
+    staying = sorted({tenant_of(k) for k in gone_keys} & tenants)
     requests += [RunRequest(job_name=reconcile_job, partition_key=tenant, run_key=f"retire:{when}:{tenant}",
-                            tags={REMOVED_TAG: ",".join(k for k in gone_keys if k.rsplit(".", 1)[0] == tenant)})
+                            tags={REMOVED_TAG: ",".join(k for k in gone_keys if tenant_of(k) == tenant)})
                  for tenant in staying]
     return requests

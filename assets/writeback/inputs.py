@@ -11,7 +11,7 @@ import duckdb
 import polars as pl
 
 from assets.reconcile.links import LINKS_SCHEMA, MISMATCH_SCHEMA
-from assets.warehouse import read_table, table_exists
+from assets.warehouse import read_table, table_columns, table_exists
 from assets.writeback import outbox
 from checks.unified import MODEL, empty
 from assets.writeback.plan import QUICKBOOKS, PlanInputs
@@ -46,19 +46,14 @@ def read_unified(con: duckdb.DuckDBPyConnection, tenants: list[str] | None = Non
 VERSIONED = {"customer": "customer", "invoice": "invoice", "creditmemo": "credit_note", "item": "product"}
 
 
-def _columns(con: duckdb.DuckDBPyConnection, qualified: str) -> set[str]:
-    schema, table = qualified.split(".")
-    return {r[0] for r in con.execute("select column_name from information_schema.columns where table_schema = ? "
-                                      "and table_name = ?", [schema, table]).fetchall()}
-
-
 def _select(con: duckdb.DuckDBPyConnection, qualified: str, columns: Mapping[str, str],
             schema: Mapping[str, pl.DataType], tenants: list[str] | None = None) -> pl.LazyFrame:
     """`select <raw column> as <name>, ...` (of some tenants, or all) when the table has every raw column; no rows
     otherwise. Rows dlt marked deleted are left out."""
-    if not table_exists(con, qualified) or not set(columns.values()) <= _columns(con, qualified):
+    present = set(table_columns(con, qualified)) if table_exists(con, qualified) else set()
+    if not present or not set(columns.values()) <= present:
         return pl.LazyFrame(schema=dict(schema))
-    where = " where _deleted is not true" if "_deleted" in _columns(con, qualified) else " where true"
+    where = " where _deleted is not true" if "_deleted" in present else " where true"
     if tenants is not None:
         where += " and tenant in (select unnest(?))"
     sql = f"select {', '.join(f'{raw} as {name}' for name, raw in columns.items())} from {qualified}{where}"

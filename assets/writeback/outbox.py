@@ -12,8 +12,7 @@ confirmed create) waits instead of writing again.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from assets.warehouse import table_exists
+from assets.warehouse import table_exists, transaction
 
 OUTBOX_TABLE = "writeback.outbox"
 LINKS_TABLE = "reconcile.links"
@@ -67,17 +66,6 @@ COLUMNS = ("idempotency_key", "tenant", "app", "entity", "operation", "sequence_
 
 def ensure(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(DDL)
-
-
-@contextlib.contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    con.execute("begin")
-    try:
-        yield
-    except BaseException:
-        con.execute("rollback")
-        raise
-    con.execute("commit")
 
 
 def now() -> datetime:

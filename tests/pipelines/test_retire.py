@@ -5,15 +5,13 @@ registry and tenant B loses its QuickBooks connection. The registry sensor asks 
 reconciliation); the run deletes their current rows, closes their open mismatch intervals at the removal time
 saying why, withdraws their unsent writes and leaves in-flight ones, and keeps the raw data and the history."""
 
-import os
 from datetime import UTC, datetime
 
 import duckdb
 import pytest
 import yaml
-from dagster import build_sensor_context, instance_for_test
+from dagster import build_sensor_context
 
-from assets.partitions import CONNECTION_PARTITIONS, TENANT_PARTITIONS
 from assets.resources import Ledgerlink
 from assets.reconcile.assets import RECONCILE_ASSETS
 from assets.reports.assets import connected, read_inputs
@@ -21,13 +19,11 @@ from assets.reports.report import build_report
 from assets.unified.assets import UNIFIED_ASSETS
 from assets.writeback.assets import writeback_plan
 from connectors.sandbox.demo_data import generate
-from pipelines.definitions import defs
 from pipelines.retire import REMOVED_TAG, RETIRE_JOB_NAME, retire_requests
 from pipelines.schedules import RECONCILE_JOB
 from pipelines.sensors import connection_partitions_sensor
+from tests.pipelines._world import REPO, run_job, synced_instance
 
-REPO = defs.get_repository_def()
-QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 CURRENT = ("unified.invoices", "unified.customers", "unified.quarantine", "reconcile.links", "reconcile.mismatches")
 # the reconcile job without its apply step: the outbox keeps planned writes
 NOT_APPLY = [key for d in (*UNIFIED_ASSETS, *RECONCILE_ASSETS, writeback_plan) for key in d.keys]
@@ -41,35 +37,17 @@ def fixture_dir(tmp_path_factory):
     return root
 
 
-def execute(instance, job_name: str, *, partition_key=None, tags=None, run_config=None, asset_selection=None):
-    job = REPO.get_job(job_name)
-    if asset_selection is not None:  # without the assets' checks, as the job itself runs
-        job = job.get_subset(asset_selection=set(asset_selection), asset_check_selection=set())
-    result = job.execute_in_process(instance=instance, partition_key=partition_key, tags=tags,
-                                    run_config={**QUIET, **(run_config or {})}, raise_on_error=False)
+def execute(instance, job_name: str, **kwargs):
+    result = run_job(instance, job_name, **kwargs)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return result
 
 
 @pytest.fixture(scope="module")
 def world(extraction):
-    """Both tenants extracted, reconciled and planned, in a persistent (temporary) instance as under `dagster dev`."""
-    saved = dict(os.environ)
-    os.environ.update(LEDGERLINK_REGISTRY=str(extraction.registry_path), LEDGERLINK_WAREHOUSE=str(extraction.warehouse),
-                      LEDGERLINK_STATE_DIR=str(extraction.resource.state_dir))
-    try:
-        with instance_for_test() as instance:
-            for app, partitions in CONNECTION_PARTITIONS.items():
-                instance.add_dynamic_partitions(partitions.name, extraction.registry.keys(app))
-            instance.add_dynamic_partitions(TENANT_PARTITIONS.name, extraction.registry.tenants)
-            for key in extraction.registry.keys():
-                assert execute(instance, f"extract_{key.rsplit('.', 1)[1]}", partition_key=key).success, key
-            for tenant in extraction.registry.tenants:  # planned, not applied: the outbox keeps planned writes
-                assert execute(instance, RECONCILE_JOB.name, partition_key=tenant, asset_selection=NOT_APPLY).success
-            yield extraction, instance
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """Both tenants extracted, reconciled and planned (not applied: the outbox keeps planned writes)."""
+    with synced_instance(extraction, reconcile=NOT_APPLY) as instance:
+        yield extraction, instance
 
 
 def query(ext, sql: str, params=()) -> list[tuple]:

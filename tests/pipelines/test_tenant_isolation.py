@@ -9,7 +9,6 @@ QuickBooks each) extracted, then reconciled and written back one tenant per run,
 - A single run over every tenant (a partition range) writes B and fails at the end naming A.
 - The connection -> tenant partition mapping, as Dagster's asset graph applies it."""
 
-import os
 import uuid
 
 import duckdb
@@ -22,7 +21,6 @@ from dagster import (
     DagsterRun,
     DagsterRunStatus,
     build_sensor_context,
-    instance_for_test,
 )
 
 from assets.partitions import (
@@ -36,9 +34,8 @@ from assets.unified.assets import UNIFIED_ASSETS
 from connectors.sandbox.demo_data import generate
 from pipelines.definitions import defs
 from pipelines.schedules import RECONCILE_JOB, follow_up, reconcile_after_sync
+from tests.pipelines._world import QUIET, REPO, run_job, synced_instance
 
-REPO = defs.get_repository_def()
-QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 # every table a tenant's run writes, and how to read one tenant's rows of it in a stable order
 TABLES = ("unified.invoices", "unified.customers", "unified.quarantine", "reconcile.links", "reconcile.mismatches",
           "reconcile.mismatch_history", "reconcile.mismatch_log", "writeback.outbox")
@@ -53,30 +50,14 @@ def fixture_dir(tmp_path_factory):
     return root
 
 
-def execute(instance, job_name: str, *, partition_key: str | None = None, tags: dict | None = None):
-    return REPO.get_job(job_name).execute_in_process(instance=instance, partition_key=partition_key, tags=tags,
-                                                    run_config=QUIET, raise_on_error=False)
+execute = run_job
 
 
 @pytest.fixture(scope="module")
 def world(extraction):
     """Both tenants extracted and reconciled (one run each), the definitions' resource pointed at the sandbox."""
-    saved = dict(os.environ)
-    os.environ.update(LEDGERLINK_REGISTRY=str(extraction.registry_path), LEDGERLINK_WAREHOUSE=str(extraction.warehouse),
-                      LEDGERLINK_STATE_DIR=str(extraction.resource.state_dir))
-    try:
-        with instance_for_test() as instance:
-            for app, partitions in CONNECTION_PARTITIONS.items():
-                instance.add_dynamic_partitions(partitions.name, extraction.registry.keys(app))
-            instance.add_dynamic_partitions(TENANT_PARTITIONS.name, extraction.registry.tenants)
-            for key in extraction.registry.keys():
-                assert execute(instance, f"extract_{key.rsplit('.', 1)[1]}", partition_key=key).success, key
-            for tenant in extraction.registry.tenants:
-                assert execute(instance, RECONCILE_JOB.name, partition_key=tenant).success, tenant
-            yield extraction, instance
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with synced_instance(extraction) as instance:
+        yield extraction, instance
 
 
 def rows(ext, tenant: str) -> dict[str, list[tuple]]:
