@@ -5,6 +5,8 @@ this is the part an analyst queries). The error text is our typed errors' messag
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,22 @@ def rows_loaded(pipeline: Any) -> dict[str, int]:
     info = getattr(trace, "last_normalize_info", None) if trace is not None else None
     counts = getattr(info, "row_counts", None) or {}
     return {table: int(n) for table, n in sorted(counts.items()) if not table.startswith("_dlt")}
+
+
+@contextlib.contextmanager
+def recorded_sync(warehouse: Path, pipeline: Any, *, run_id: str, tenant: str, app: str,
+                  window: tuple[datetime, datetime] | None = None) -> Iterator[None]:
+    """The block is one sync of a connection by `pipeline`: recorded as success with the rows it loaded, or as
+    failed with the error, which is then raised again."""
+    started = datetime.now(UTC)
+    try:
+        yield
+    except Exception as exc:
+        record_sync_run(warehouse, run_id=run_id, tenant=tenant, app=app, started_at=started, status="failed",
+                        tables=rows_loaded(pipeline), error=f"{type(exc).__name__}: {exc}"[:2000], window=window)
+        raise
+    record_sync_run(warehouse, run_id=run_id, tenant=tenant, app=app, started_at=started, status="success",
+                    tables=rows_loaded(pipeline), window=window)
 
 
 def record_sync_run(warehouse: Path, *, run_id: str, tenant: str, app: str, started_at: datetime,

@@ -3,7 +3,6 @@ partitioned per connection. The dlt sources hold the logic."""
 
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dlt
@@ -18,7 +17,7 @@ from assets.extract.salesforce import salesforce_source
 from assets.extract.sequence import sequence_source
 from assets.extract.xero import xero_source
 from assets.partitions import CONNECTION_PARTITIONS
-from assets.runs import record_sync_run, rows_loaded
+from assets.runs import recorded_sync
 from assets.resources import Ledgerlink
 
 from assets.warehouse import WAREHOUSE_POOL
@@ -68,21 +67,14 @@ def _raw_assets(app: str, source: Callable) -> AssetsDefinition:
         full = context.run.tags.get(SWEEP_TAG) == COMPLETE_SWEEP
         context.log.info(f"extracting {connection.key} from {connection.base_url}"
                          + (" (complete sweep)" if full else ""))
-        started, pipeline = datetime.now(UTC), ledgerlink.pipeline(connection)
-        try:
-            with ledgerlink.client(connection) as client:
-                yield from dlt.run(
-                    context=context,
-                    dlt_source=source(client, connection.tenant, progress=context.log.info, full=full),
-                    dlt_pipeline=pipeline,
-                )
-        except Exception as exc:
-            record_sync_run(ledgerlink.warehouse, run_id=context.run_id, tenant=connection.tenant, app=app,
-                            started_at=started, status="failed", tables=rows_loaded(pipeline),
-                            error=f"{type(exc).__name__}: {exc}"[:2000])
-            raise
-        record_sync_run(ledgerlink.warehouse, run_id=context.run_id, tenant=connection.tenant, app=app,
-                        started_at=started, status="success", tables=rows_loaded(pipeline))
+        pipeline = ledgerlink.pipeline(connection)
+        with recorded_sync(ledgerlink.warehouse, pipeline, run_id=context.run_id, tenant=connection.tenant, app=app), \
+                ledgerlink.client(connection) as client:
+            yield from dlt.run(
+                context=context,
+                dlt_source=source(client, connection.tenant, progress=context.log.info, full=full),
+                dlt_pipeline=pipeline,
+            )
 
     return _extract
 

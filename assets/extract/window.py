@@ -42,7 +42,7 @@ failure is recorded and the others go on; the run then fails naming it. The chai
 
 import warnings
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC
 
 from dagster import (
     AssetExecutionContext,
@@ -63,7 +63,7 @@ from assets.extract.assets import SOURCES
 from assets.extract.loading import Window, make_pipeline
 from assets.partitions import TenantsFailed
 from assets.resources import Ledgerlink
-from assets.runs import record_sync_run, rows_loaded
+from assets.runs import recorded_sync, rows_loaded
 from assets.warehouse import WAREHOUSE_POOL
 from connectors.registry import Connection, Registry
 
@@ -101,21 +101,16 @@ def reread_window(ledgerlink: Ledgerlink, app: str, window: Window, connections:
     loaded: dict[str, dict[str, int]] = {}
     failed: dict[str, BaseException] = {}
     for connection in connections:
-        started = datetime.now(UTC)
         pipeline = make_pipeline(app, connection.tenant, ledgerlink.warehouse, ledgerlink.state, purpose="window")
         log(f"re-reading {connection.key} for the window {window}")
         try:
-            with ledgerlink.client(connection) as client:
+            with recorded_sync(ledgerlink.warehouse, pipeline, run_id=run_id, tenant=connection.tenant, app=app,
+                               window=(window.start, window.end)), ledgerlink.client(connection) as client:
                 pipeline.run(source(client, connection.tenant, progress=log, window=window))
         except Exception as exc:  # one connection's outage never stops another's re-read
             failed[connection.tenant] = exc
-            record_sync_run(ledgerlink.warehouse, run_id=run_id, tenant=connection.tenant, app=app,
-                            started_at=started, status="failed", tables=rows_loaded(pipeline),
-                            error=f"{type(exc).__name__}: {exc}"[:2000], window=(window.start, window.end))
             continue
         loaded[connection.key] = rows_loaded(pipeline)
-        record_sync_run(ledgerlink.warehouse, run_id=run_id, tenant=connection.tenant, app=app, started_at=started,
-                        status="success", tables=loaded[connection.key], window=(window.start, window.end))
     if failed:
         raise TenantsFailed(failed)
     return loaded
